@@ -1,0 +1,1 @@
+"""``simulate(cfg) -> RunResult``: the one entry point of a simulation (filled in by engine.py)."""

@@ -1,0 +1,198 @@
+"""BlockPool: the mechanism of a paged KV cache with hash-chained prefix caching (vLLM v1 rules).
+
+The pool owns the blocks, their reference counts, the hash -> block map and the free queue. It
+knows nothing about requests (see ``kvcache.py``) or scheduling (see ``scheduler.py``).
+
+Block 0 is the reserved null block, so ``num_blocks`` N gives N - 1 usable blocks. The free queue
+is the order in which free blocks are reused; a free block that still holds a hash is "cached"
+and reusing it evicts that hash::
+
+    head                                                           tail
+    [ unhashed freed blocks | never-used blocks 1,2,3.. | hashed freed blocks, LRU -> MRU ]
+      (stack: last freed      (a counter: never               (OrderedDict: O(1) append,
+       is reused first)        materialised, so N may           pop-front and removal from
+                               be huge or infinite)             the middle when a hit touches it)
+
+Rules (vLLM v1, ``v1/core/block_pool.py``): ``allocate`` takes from the head; ``touch`` (a
+prefix hit) increments the count and takes a free cached block out of the queue; ``free`` walks
+a request's blocks deepest-first and puts blocks that reach count 0 at the head if unhashed and
+at the tail if hashed, so the tail of a chain is evicted before its root. Several blocks can hold
+one hash (two requests computed the same content at once); lookups return the first cached.
+
+"No room" is a return value (``allocate`` returns ``None``); misuse (freeing a free block,
+hashing a hashed block) raises ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+
+NULL_BLOCK = 0
+
+
+class BlockPool:
+    """``num_blocks`` blocks including the null block; ``math.inf`` gives an unbounded pool."""
+
+    def __init__(self, num_blocks: float, enable_caching: bool = True) -> None:
+        if not num_blocks >= 2:
+            raise ValueError(f"num_blocks={num_blocks!r}: need at least 2 (one is the null block)")
+        if num_blocks != math.inf and num_blocks != int(num_blocks):
+            raise ValueError(f"num_blocks={num_blocks!r}: must be a whole number or math.inf")
+        self.num_blocks = num_blocks
+        self.enable_caching = enable_caching
+        self.ref_cnt: list[int] = [1]  # index = block id; the null block is never freed
+        self.block_hash: list[int | None] = [None]
+        self._unhashed_free: list[int] = []  # head of the queue: a stack
+        self._next_fresh = 1  # never-used blocks are [_next_fresh, num_blocks)
+        self._cached_free: OrderedDict[int, None] = OrderedDict()  # tail: LRU first
+        self._hash_to_block: dict[int, int] = {}
+        self._dup_blocks: dict[int, list[int]] = {}  # hash -> further blocks holding it
+        self.evictions = 0
+
+    # ---- queries ---------------------------------------------------------------------------
+    @property
+    def usable_blocks(self) -> float:
+        return self.num_blocks - 1
+
+    def num_free(self) -> float:
+        """Blocks that can be allocated now (free, cached or never used)."""
+        return len(self._unhashed_free) + (self.num_blocks - self._next_fresh) + len(self._cached_free)
+
+    def num_used(self) -> int:
+        """Blocks with a reference count above zero (null block excluded)."""
+        return int(self._next_fresh - 1 - len(self._unhashed_free) - len(self._cached_free))
+
+    def num_cached(self) -> int:
+        """Distinct hashes that a lookup can find."""
+        return len(self._hash_to_block)
+
+    def cached_block(self, block_hash: int) -> int | None:
+        return self._hash_to_block.get(block_hash)
+
+    def is_free(self, block_id: int) -> bool:
+        return self.ref_cnt[block_id] == 0
+
+    def free_queue(self) -> list[int]:
+        """The free queue head to tail, materialised (for tests and debugging; O(N))."""
+        fresh = range(self._next_fresh, int(min(self.num_blocks, self._next_fresh + 10**6)))
+        return [*reversed(self._unhashed_free), *fresh, *self._cached_free]
+
+    def longest_hit(self, hashes: Sequence[int], max_blocks: int) -> list[int]:
+        """Block ids of the longest leading run of ``hashes`` that is cached, at most ``max_blocks``."""
+        found: list[int] = []
+        get = self._hash_to_block.get
+        for h in hashes[:max_blocks] if max_blocks < len(hashes) else hashes:
+            b = get(h)
+            if b is None:
+                break
+            found.append(b)
+        return found
+
+    def count_free_in(self, block_ids: Sequence[int]) -> int:
+        """How many of ``block_ids`` sit in the free queue (a hit on them uses up free capacity)."""
+        rc = self.ref_cnt
+        return sum(1 for b in block_ids if rc[b] == 0)
+
+    # ---- mutations -------------------------------------------------------------------------
+    def touch(self, block_ids: Sequence[int]) -> None:
+        """Take a reference on each (cached) block; a free one leaves the free queue."""
+        rc = self.ref_cnt
+        cached_free = self._cached_free
+        for b in block_ids:
+            if rc[b] == 0:
+                del cached_free[b]
+            rc[b] += 1
+
+    def allocate(self, n: int) -> list[int] | None:
+        """``n`` blocks from the head of the free queue with count 1, or ``None`` if fewer are free.
+
+        Taking a block that still holds a hash evicts that hash.
+        """
+        if n > self.num_free():
+            return None
+        out: list[int] = []
+        rc = self.ref_cnt
+        while len(out) < n and self._unhashed_free:
+            b = self._unhashed_free.pop()
+            rc[b] = 1
+            out.append(b)
+        while len(out) < n and self._next_fresh < self.num_blocks:
+            take = min(n - len(out), int(min(self.num_blocks, 2**62)) - self._next_fresh)
+            first = self._next_fresh
+            self._next_fresh += take
+            out.extend(range(first, first + take))
+            rc.extend([1] * take)
+            self.block_hash.extend([None] * take)
+        while len(out) < n:
+            b, _ = self._cached_free.popitem(last=False)
+            self._evict(b)
+            rc[b] = 1
+            out.append(b)
+        return out
+
+    def _evict(self, b: int) -> None:
+        h = self.block_hash[b]
+        self.block_hash[b] = None
+        if h is None:  # a hashed-free block always has a hash; defensive for misuse
+            raise RuntimeError(f"block {b} in the cached free queue has no hash")
+        self.evictions += 1
+        if self._hash_to_block.get(h) == b:
+            dups = self._dup_blocks.get(h)
+            if dups:
+                self._hash_to_block[h] = dups.pop(0)
+                if not dups:
+                    del self._dup_blocks[h]
+            else:
+                del self._hash_to_block[h]
+        else:
+            dups = self._dup_blocks[h]
+            dups.remove(b)
+            if not dups:
+                del self._dup_blocks[h]
+
+    def cache_block(self, block_id: int, block_hash: int) -> None:
+        """Record that a full, in-use block holds ``block_hash`` (no-op when caching is off)."""
+        if not self.enable_caching:
+            return
+        if self.block_hash[block_id] is not None:
+            raise RuntimeError(f"block {block_id} already holds a hash")
+        if self.ref_cnt[block_id] <= 0:
+            raise RuntimeError(f"block {block_id} is free; only blocks in use can be cached")
+        self.block_hash[block_id] = block_hash
+        if block_hash in self._hash_to_block:
+            self._dup_blocks.setdefault(block_hash, []).append(block_id)
+        else:
+            self._hash_to_block[block_hash] = block_id
+
+    def free(self, block_ids: Sequence[int]) -> None:
+        """Drop one reference on each block of a request, deepest (last) block first."""
+        rc = self.ref_cnt
+        bh = self.block_hash
+        for b in reversed(block_ids):
+            c = rc[b] - 1
+            if c < 0 or b == NULL_BLOCK:
+                raise RuntimeError(f"block {b} freed more often than it was taken")
+            rc[b] = c
+            if c == 0:
+                if bh[b] is None:
+                    self._unhashed_free.append(b)
+                else:
+                    self._cached_free[b] = None
+
+    def check_invariants(self) -> None:
+        """Raise if the pool's bookkeeping is inconsistent (for tests)."""
+        in_queue = set(self._unhashed_free) | set(self._cached_free)
+        for b in range(1, self._next_fresh):
+            if self.ref_cnt[b] < 0:
+                raise RuntimeError(f"block {b} has ref count {self.ref_cnt[b]}")
+            if (self.ref_cnt[b] == 0) != (b in in_queue):
+                raise RuntimeError(f"block {b}: ref count {self.ref_cnt[b]} but in_queue={b in in_queue}")
+            if b in self._cached_free and self.block_hash[b] is None:
+                raise RuntimeError(f"block {b} is in the cached queue without a hash")
+        for h, b in self._hash_to_block.items():
+            if self.block_hash[b] != h:
+                raise RuntimeError(f"hash map says block {b} holds {h}, block says {self.block_hash[b]}")
+        if self.num_used() + self.num_free() != self.usable_blocks:
+            raise RuntimeError("blocks not conserved: used + free != usable")

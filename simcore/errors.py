@@ -1,0 +1,57 @@
+"""One-line, user-facing error messages for bad input (field path, value, fix)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+# Discriminator tags pydantic inserts into error locations; not part of the user's key path.
+_UNION_TAGS = {"chat", "poisson", "api", "mix", "trace", "constant", "uniform", "lognormal",
+               "exponential", "geometric", "choice", "function-after[_check_clip(), constant]"}
+
+
+class ConfigError(ValueError):
+    """Bad user input. ``str(err)`` is a single line: where, what value, and how to fix it."""
+
+
+def _path(loc: tuple[Any, ...], prefix: str) -> str:
+    parts = [prefix] if prefix else []
+    for item in loc:
+        text = str(item)
+        if text in _UNION_TAGS or text.startswith("function-"):
+            continue
+        parts.append(f"[{text}]" if isinstance(item, int) else text)
+    return ".".join(parts).replace(".[", "[") or "<root>"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _fix(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "remove it or check its spelling"
+    if kind == "missing":
+        return "add it"
+    if kind == "union_tag_invalid":
+        return "set kind to one of " + str(err.get("ctx", {}).get("expected_tags", ""))
+    if kind.startswith(("greater", "less")):
+        return "use a value " + err["msg"].replace("Input should be ", "")
+    return ""
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "", source: str = "") -> str:
+    """Collapse pydantic's report into one line naming each bad field, its value and a fix."""
+    pieces = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        where = _path(err["loc"], prefix)
+        fix = _fix(err)
+        value = "" if err["type"] == "missing" else f" = {_short(err.get('input'))}"
+        pieces.append(f"{where}{value}: {msg}" + (f" ({fix})" if fix and fix not in msg else ""))
+    head = f"{source}: " if source else ""
+    more = f" (and {len(pieces) - 1} more)" if len(pieces) > 1 else ""
+    return f"{head}invalid config: {pieces[0]}{more}"
