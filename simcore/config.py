@@ -254,7 +254,9 @@ class RunConfig(BaseModel):
     seed: int = 0
     num_requests: PositiveInt | None = 2000
     duration_s: PositiveFloat | None = None
-    warmup_s: NonNegativeFloat = Field(default=0.0, description="requests arriving earlier are not in latency figures")
+    warmup_s: NonNegativeFloat = Field(
+        default=0.0, description="requests arriving earlier are left out of latency figures"
+    )
     record_requests: bool = False
     mode: Literal["fast", "reference"] = Field(
         default="fast", description="fast: closed-form decode runs; reference: one engine step at a time"

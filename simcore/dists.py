@@ -163,7 +163,7 @@ class Choice(_Dist):
     def mean_hint(self) -> float:
         if self.weights is None:
             return sum(self.values) / len(self.values)
-        return sum(v * w for v, w in zip(self.values, self.weights)) / sum(self.weights)
+        return sum(v * w for v, w in zip(self.values, self.weights, strict=True)) / sum(self.weights)
 
 
 Dist = Annotated[

@@ -1,0 +1,117 @@
+"""The SimPy side: the engine loop as a process, requests submitted by workload processes.
+
+Timing rule (both scheduler modes): a request that arrives at or before the end of a step is
+seen by the next step's schedule. The engine enforces it by letting every event due at the
+current time run before it schedules (``_settle``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from typing import Any
+
+import simpy
+
+from simcore.blocks import BlockPool
+from simcore.config import SimConfig
+from simcore.costmodel import CostModel
+from simcore.fastforward import FastScheduler
+from simcore.hashing import TokenSeq
+from simcore.kvcache import KVCacheManager, blocks_for
+from simcore.metrics import Counters, RequestRecord
+from simcore.request import Request
+from simcore.scheduler import Scheduler
+
+
+class Engine:
+    """One serving engine: a block pool, a scheduler and the SimPy loop that drives them."""
+
+    def __init__(self, cfg: SimConfig, num_blocks: int) -> None:
+        self.cfg = cfg
+        self.env = simpy.Environment()
+        self.counters = Counters()
+        e = cfg.engine
+        caching = e.prefix_caching != "off"
+        self.pool = BlockPool(num_blocks, enable_caching=caching)
+        self.kv = KVCacheManager(self.pool, e.block_size, caching)
+        cls = FastScheduler if cfg.run.mode == "fast" else Scheduler
+        self.scheduler: Scheduler = cls(
+            self.kv, CostModel(cfg), self.counters,
+            max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,
+        )
+        self.records: list[RequestRecord] = []
+        self._wake: simpy.Event | None = None
+        run = cfg.run
+        self._max_requests = run.num_requests if run.num_requests is not None else math.inf
+        self._stop_s = run.duration_s if run.duration_s is not None else math.inf
+        self._warmup_s = run.warmup_s
+        self.env.process(self._loop())
+
+    # ---- used by workloads -----------------------------------------------------------------
+    def may_submit(self) -> bool:
+        """Whether the run still accepts arrivals (request count and duration not reached)."""
+        return len(self.records) < self._max_requests and self.env.now < self._stop_s
+
+    def timeout(self, delay: float) -> simpy.Timeout:
+        self.counters.events += 1
+        return self.env.timeout(delay)
+
+    def submit(self, seq: TokenSeq, prompt: int, output: int, **ids: int) -> simpy.Event:
+        """Create and enqueue a request; the returned event fires when it completes or fails."""
+        now = self.env.now
+        req = Request(seq, prompt, output, rid=len(self.records), arrival_s=now,
+                      warmup=now < self._warmup_s, **ids)
+        self.records.append(req.record)
+        req.done = self.env.event()
+        self.counters.events += 1
+        reason = self._never_fits(req)
+        if reason:
+            req.record.status = "failed"
+            req.record.error = reason
+            req.record.finish_s = now
+            req.done.succeed()
+            return req.done
+        self.scheduler.add(req)
+        if self._wake is not None:
+            self._wake.succeed()
+            self._wake = None
+        return req.done
+
+    def _never_fits(self, req: Request) -> str:
+        ctx = self.cfg.model.max_context
+        if req.prompt_len + req.output_len > ctx:
+            return f"prompt {req.prompt_len} + output {req.output_len} tokens exceed the model context {ctx}"
+        need = blocks_for(req.max_kv_tokens, self.kv.block_size)
+        if need > self.pool.usable_blocks:
+            return f"needs {need} KV blocks but the cache holds {int(self.pool.usable_blocks)}"
+        return ""
+
+    # ---- the loop --------------------------------------------------------------------------
+    def _settle(self) -> Generator[Any, Any, None]:
+        env = self.env
+        while env.peek() <= env.now:
+            self.counters.events += 1
+            yield env.timeout(0)
+
+    def _loop(self) -> Generator[Any, Any, None]:
+        env = self.env
+        sched = self.scheduler
+        while True:
+            yield from self._settle()
+            if not sched.has_work():
+                self._wake = env.event()
+                self.counters.events += 1
+                yield self._wake
+                continue
+            end, finished = sched.advance(env.now, env.peek())
+            self.counters.events += 1
+            yield env.timeout(end - env.now)
+            for req in finished:
+                req.done.succeed()
+
+    def run(self) -> None:
+        self.env.run()
+        for rec in self.records:
+            if rec.status == "pending":
+                raise RuntimeError(f"request {rec.request_id} never finished: engine bug")

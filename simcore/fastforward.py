@@ -1,0 +1,261 @@
+"""FastScheduler: the reference policy, with decode runs advanced in closed form.
+
+Why: a chat run has ~5 engine steps per request and ~64 sequences per step; touching every
+sequence every step (the reference) costs O(steps x batch). Here sequences in decode (exactly one
+known token without KV) form a *decode group* whose state is implicit in the global step count
+``D``: a member that joined at step ``d0`` with ``c0`` computed and ``g0`` generated tokens has,
+at the start of step ``D``, ``c0 + D - d0`` computed and ``g0 + D - d0`` generated. Per step the
+group costs O(1) (its attention and KV sums grow by R per step); the only per-member work is at
+block boundaries (a new block every ``block_size`` tokens, a full block to hash) and at finishes
+(a heap). Members advance in lock step, so a member's position within its block, (c0 - d0 + D)
+mod block_size, has a fixed *phase* c0 - d0: members are kept in one bucket per phase, sorted by
+admission order, and step D visits exactly the buckets whose members start or fill a block, in
+the reference's order (no per-step heap traffic).
+
+``advance`` picks one of three paths:
+- *window*: every running request decodes and no waiting request can be admitted: run k pure
+  decode steps up to the first finish, the next outside event (``horizon``), or the step where
+  the free blocks could run out;
+- *mixed step*: one step with prefill chunks and admissions when the token budget is not binding
+  and the free blocks cover every allocation (so no preemption);
+- *fallback*: anything else (preemption, binding budget): materialise the group, run the
+  reference step, rebuild the group. Exact by construction, O(batch) per step.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import insort
+from operator import itemgetter
+
+from simcore.costmodel import chunk_terms
+from simcore.kvcache import blocks_for
+from simcore.request import Request
+from simcore.scheduler import Scheduler
+
+_Entry = tuple[int, int, int, Request]  # (step, admit_seq, epoch, request)
+_SEQ = itemgetter(0)
+
+
+class FastScheduler(Scheduler):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.D = 0  # steps run so far; a decode member's state is a function of it
+        self.group: dict[int, Request] = {}  # admit_seq -> decode member
+        self.prefill: dict[int, Request] = {}  # admit_seq -> running request not in decode
+        self.sum_c0_minus_d0 = 0  # sum over members of c0 - d0: computed tokens = this + R * D
+        self._finish_heap: list[_Entry] = []
+        # phase -> [(admit_seq, member)] sorted by admit_seq
+        self._phase: list[list[tuple[int, Request]]] = [[] for _ in range(self.block_size)]
+        self._first_pending: list[Request] = []  # members whose next token is their first
+
+    # ---- group membership --------------------------------------------------------------
+    def _join(self, req: Request) -> None:
+        req.d0, req.c0, req.g0 = self.D, req.num_computed, req.num_generated
+        req.epoch += 1
+        self.group[req.admit_seq] = req
+        self.sum_c0_minus_d0 += req.c0 - req.d0
+        finish_step = self.D + req.output_len - req.g0 - 1
+        heapq.heappush(self._finish_heap, (finish_step, req.admit_seq, req.epoch, req))
+        insort(self._phase[(req.c0 - req.d0) % self.block_size], (req.admit_seq, req), key=_SEQ)
+        if req.g0 == 0:
+            self._first_pending.append(req)
+
+    def _leave(self, req: Request, at_step: int) -> None:
+        """Materialise a member's state at the start of ``at_step`` and drop it from the group."""
+        steps = at_step - req.d0
+        req.num_computed = req.c0 + steps
+        req.num_generated = req.g0 + steps
+        req.computed_total += steps
+        req.epoch += 1
+        self._phase[(req.c0 - req.d0) % self.block_size].remove((req.admit_seq, req))
+        del self.group[req.admit_seq]
+        self.sum_c0_minus_d0 -= req.c0 - req.d0
+
+    def _block_events(self, step: int) -> None:
+        """Allocate and hash blocks for every member that starts or fills a block at ``step``.
+
+        Allocations run in admission order, then hashes in admission order; the two kinds
+        commute (an allocation only evicts free blocks; a hash is only put on a block in use).
+        """
+        bs = self.block_size
+        starts = self._phase[-step % bs]
+        if starts:
+            alloc = self.pool.allocate_one
+            for _, req in starts:
+                b = alloc()
+                if b is None:
+                    raise RuntimeError("fast path ran out of blocks; the window bound is wrong")
+                req.blocks.append(b)
+        fills = self._phase[(-step - 1) % bs]
+        if fills and self.kv.caching:
+            cache = self.pool.cache_block
+            for _, req in fills:
+                j = (req.c0 + step - req.d0 + 1) // bs - 1
+                cache(req.blocks[j], req.seq.hashes[j])
+                req.num_cached_blocks = j + 1
+
+    def _allocs_at(self, step: int) -> int:
+        return len(self._phase[-step % self.block_size])
+
+    def _pop_finishers(self, step: int) -> list[Request]:
+        heap = self._finish_heap
+        out = []
+        while heap and heap[0][0] <= step:
+            _, _, epoch, req = heapq.heappop(heap)
+            if req.epoch == epoch:
+                out.append(req)
+        return out
+
+    # ---- the three paths -----------------------------------------------------------------
+    def advance(self, now: float, horizon: float) -> tuple[float, list[Request]]:
+        r = len(self.group)
+        budget_left = self.max_num_batched_tokens - r
+        if budget_left < 0:
+            return self._fallback(now)
+        blocked = not self.waiting or len(self.running) >= self.max_num_seqs or budget_left == 0
+        if not self.prefill and blocked and r:
+            return self._window(now, horizon)
+        return self._mixed_step(now)
+
+    def _window(self, now: float, horizon: float) -> tuple[float, list[Request]]:
+        r = len(self.group)
+        bs = self.block_size
+        free = self.pool.num_free()
+        if free < r:
+            return self._fallback(now)
+        # within k steps a member needs at most ceil(k / bs) new blocks
+        k_mem = bs * int(min(free, 1 << 40) // r)
+        k_fin = self._finish_heap[0][0] - self.D + 1
+        k_max = min(k_mem, k_fin)
+        cost = self.cost.step_time
+        c = self.counters
+        block_events = self._block_events
+        attn = self.sum_c0_minus_d0 + r * self.D + r  # sum of (computed + 1) over members
+        t = now
+        step = self.D
+        last = self.D + k_max - 1
+        first_pending = self._first_pending
+        while True:
+            block_events(step)
+            dt = cost(r, attn, attn, r)
+            used = self.pool.num_used()
+            c.steps += 1
+            c.busy_s += dt
+            c.batch_seq_s += r * dt
+            c.used_block_s += used * dt
+            if used > c.peak_used_blocks:
+                c.peak_used_blocks = used
+            t = t + dt
+            if first_pending:
+                for req in first_pending:
+                    req.record.first_token_s = t
+                first_pending.clear()
+            if step == last or t >= horizon:
+                break
+            step += 1
+            attn += r
+        self.D = step + 1
+        return t, self._finish_members(step, t)
+
+    def _finish_members(self, step: int, end: float) -> list[Request]:
+        finished = self._pop_finishers(step)
+        for req in finished:
+            self._leave(req, step + 1)
+            self._finish(req, end)
+        return finished
+
+    def _mixed_step(self, now: float) -> tuple[float, list[Request]]:
+        r = len(self.group)
+        chunks = [(req, req.num_tokens - req.num_computed) for req in self.prefill.values()]
+        demand = r + sum(n for _, n in chunks)
+        if demand > self.max_num_batched_tokens:
+            return self._fallback(now)
+        bs = self.block_size
+        need = self._allocs_at(self.D)
+        need += sum(blocks_for(q.num_computed + n, bs) - len(q.blocks) for q, n in chunks)
+        if need > self.pool.num_free():
+            return self._fallback(now)
+        # members' and prefilling requests' blocks; the two groups' operations commute except
+        # allocations among themselves, so give prefill chunks theirs in admission order too
+        if chunks:
+            self._interleaved_allocations(chunks)
+        else:
+            self._block_events(self.D)
+        admitted = self._admit_waiting(now, self.max_num_batched_tokens - demand)
+        explicit = chunks + admitted
+        if not r and not explicit:
+            raise RuntimeError("engine step with nothing scheduled: a request cannot make progress")
+        tokens = r
+        attn = self.sum_c0_minus_d0 + r * self.D + r
+        kv = attn
+        for req, n in explicit:
+            a, k = chunk_terms(req.num_computed, n)
+            tokens += n
+            attn += a
+            kv += k
+        end = self._account(now, tokens, attn, kv, r + len(explicit))
+        for req in self._first_pending:
+            req.record.first_token_s = end
+        self._first_pending.clear()
+        step = self.D
+        finished = self._finish_members(step, end)
+        self.D = step + 1
+        for req, n in explicit:
+            self.prefill.pop(req.admit_seq, None)
+            if self._complete_chunk(req, n, end):
+                finished.append(req)
+            elif req.num_tokens - req.num_computed == 1:
+                self._join(req)
+            else:
+                self.prefill[req.admit_seq] = req
+        return end, finished
+
+    def _fallback(self, now: float) -> tuple[float, list[Request]]:
+        """Materialise every member, run the reference step, rebuild the group."""
+        for req in list(self.group.values()):
+            self._leave(req, self.D)
+        self._finish_heap.clear()
+        for bucket in self._phase:
+            bucket.clear()
+        self._first_pending.clear()
+        self.prefill.clear()
+        end, finished = self._explicit_step(now)
+        self.D += 1
+        for seq, req in self.running.items():
+            if req.num_tokens - req.num_computed == 1:
+                self._join(req)
+            else:
+                self.prefill[seq] = req
+        return end, finished
+
+    def _interleaved_allocations(self, chunks: list[tuple[Request, int]]) -> None:
+        """One step's block work when prefill chunks run beside members: allocations in
+        admission order, then hashes in admission order (as the reference does them)."""
+        step = self.D
+        bs = self.block_size
+        starts = [(seq, 0, req) for seq, req in self._phase[-step % bs]]
+        alloc_order = sorted(starts + [(q.admit_seq, 1, q) for q, _ in chunks], key=_SEQ)
+        n_of = {q.admit_seq: n for q, n in chunks}
+        alloc = self.pool.allocate_one
+        for seq, is_chunk, req in alloc_order:
+            if is_chunk:
+                ok = self.kv.append(req, n_of[seq], cache=False)
+                assert ok, "checked by the caller"
+            else:
+                req.blocks.append(alloc())  # type: ignore[arg-type]
+        if not self.kv.caching:
+            return
+        fills = [(seq, 0, req) for seq, req in self._phase[(-step - 1) % bs]]
+        for seq, is_chunk, req in sorted(fills + [(q.admit_seq, 1, q) for q, _ in chunks], key=_SEQ):
+            if is_chunk:
+                self.kv.cache_full(req, req.num_computed + n_of[seq])
+            else:
+                j = (req.c0 + step - req.d0 + 1) // bs - 1
+                self.pool.cache_block(req.blocks[j], req.seq.hashes[j])
+                req.num_cached_blocks = j + 1
+
+    def _preempt_last(self) -> Request:
+        victim = super()._preempt_last()
+        self.prefill.pop(victim.admit_seq, None)
+        return victim

@@ -1,0 +1,77 @@
+"""Per-request block tables on top of the BlockPool: lookup, allocate, append, free.
+
+Policy-free: the scheduler decides who gets memory; this module does the block arithmetic::
+
+    tokens  |0 ........ 15|16 ....... 31|32 .. 37|        block_size B = 16
+    blocks  [    b0       ][    b1       ][  b2   ...]    ceil(tokens / B) blocks
+    hashed  [    yes      ][    yes      ][  no   ]       only full blocks: tokens // B
+"""
+
+from __future__ import annotations
+
+from simcore.blocks import BlockPool
+from simcore.request import Request
+
+
+def blocks_for(tokens: int, block_size: int) -> int:
+    """Blocks needed to hold ``tokens`` tokens."""
+    return -(-tokens // block_size)
+
+
+class KVCacheManager:
+    def __init__(self, pool: BlockPool, block_size: int, caching: bool) -> None:
+        self.pool = pool
+        self.block_size = block_size
+        self.caching = caching
+
+    def lookup(self, req: Request) -> list[int]:
+        """Cached blocks of the longest leading hit, leaving at least the last token to compute."""
+        if not self.caching:
+            return []
+        max_blocks = (req.num_tokens - 1) // self.block_size
+        return self.pool.longest_hit(req.seq.hashes, max_blocks)
+
+    def admit(self, req: Request, hits: list[int], num_new: int) -> bool:
+        """Give a waiting request its hit blocks plus room for ``num_new`` tokens; False if no room."""
+        computed = len(hits) * self.block_size
+        need = blocks_for(computed + num_new, self.block_size) - len(hits)
+        if need + self.pool.count_free_in(hits) > self.pool.num_free():
+            return False
+        self.pool.touch(hits)
+        new = self.pool.allocate(need)
+        assert new is not None  # checked above
+        req.blocks = hits + new
+        req.num_cached_blocks = len(hits)
+        req.num_computed = computed
+        self.cache_full(req, computed + num_new)
+        return True
+
+    def append(self, req: Request, num_new: int, cache: bool = True) -> bool:
+        """Room for ``num_new`` more tokens of a running request; False if no room.
+
+        With ``cache=False`` the caller hashes the filled blocks later with :meth:`cache_full`.
+        """
+        need = blocks_for(req.num_computed + num_new, self.block_size) - len(req.blocks)
+        if need > 0:
+            new = self.pool.allocate(need)
+            if new is None:
+                return False
+            req.blocks += new
+        if cache:
+            self.cache_full(req, req.num_computed + num_new)
+        return True
+
+    def cache_full(self, req: Request, tokens: int) -> None:
+        """Hash every block that ``tokens`` tokens fill (vLLM caches at allocation time)."""
+        full = tokens // self.block_size
+        if self.caching and full > req.num_cached_blocks:
+            hashes = req.seq.hashes
+            for j in range(req.num_cached_blocks, full):
+                self.pool.cache_block(req.blocks[j], hashes[j])
+            req.num_cached_blocks = full
+
+    def free(self, req: Request) -> None:
+        """Release a request's blocks deepest-first; hashed ones stay findable until evicted."""
+        self.pool.free(req.blocks)
+        req.blocks = []
+        req.num_cached_blocks = 0

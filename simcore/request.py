@@ -1,0 +1,81 @@
+"""A request as the engine sees it: token counts, block table and its record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from simcore.hashing import TokenSeq
+from simcore.metrics import RequestRecord
+
+
+class Request:
+    """One generation request. ``seq`` holds at least ``prompt_len + output_len`` tokens of content.
+
+    Engine state (tokens): ``num_computed`` have KV in cache; ``num_generated`` output tokens exist;
+    ``num_tokens = prompt_len + num_generated`` are known. A request is in *decode* when exactly
+    one known token lacks KV. ``blocks`` is its block table; the first ``num_cached_blocks`` of
+    them hold hashes. The KV of the last output token is never computed (as in vLLM), so a
+    finished request held ``prompt_len + output_len - 1`` tokens.
+    """
+
+    __slots__ = (
+        "rid", "session_id", "turn", "profile", "seq", "prompt_len", "output_len", "record",
+        "num_computed", "num_generated", "blocks", "num_cached_blocks", "computed_total",
+        "admitted", "admit_seq", "done", "d0", "c0", "g0", "epoch",
+    )
+
+    def __init__(
+        self,
+        seq: TokenSeq,
+        prompt_len: int,
+        output_len: int,
+        *,
+        rid: int = 0,
+        session_id: int = -1,
+        turn: int = 0,
+        profile: int = 0,
+        arrival_s: float = 0.0,
+        warmup: bool = False,
+    ) -> None:
+        if prompt_len < 1 or output_len < 1:
+            raise ValueError(f"prompt_len={prompt_len}, output_len={output_len}: both must be >= 1")
+        if seq.num_tokens < prompt_len + output_len - 1:
+            raise ValueError("seq is shorter than prompt + output - 1 tokens")
+        self.rid = rid
+        self.session_id = session_id
+        self.turn = turn
+        self.profile = profile
+        self.seq = seq
+        self.prompt_len = prompt_len
+        self.output_len = output_len
+        self.record = RequestRecord(
+            request_id=rid, session_id=session_id, turn=turn, profile=profile, arrival_s=arrival_s,
+            prompt_tokens=prompt_len, output_tokens=output_len, warmup=warmup,
+        )
+        seq.ensure_hashes(prompt_len + output_len - 1)
+        self.num_computed = 0
+        self.num_generated = 0
+        self.blocks: list[int] = []
+        self.num_cached_blocks = 0
+        self.computed_total = 0
+        self.admitted = False
+        self.admit_seq = -1
+        self.done: Any = None  # set by the engine: an event fired when the request ends
+        # fast-forward bookkeeping (see fastforward.py): decode state at step d0, and a
+        # version number that invalidates stale heap entries.
+        self.d0 = 0
+        self.c0 = 0
+        self.g0 = 0
+        self.epoch = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prompt_len + self.num_generated
+
+    @property
+    def max_kv_tokens(self) -> int:
+        return self.prompt_len + self.output_len - 1
+
+    def __repr__(self) -> str:
+        return (f"Request(rid={self.rid}, prompt={self.prompt_len}, out={self.output_len}, "
+                f"computed={self.num_computed}, generated={self.num_generated})")

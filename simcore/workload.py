@@ -1,0 +1,179 @@
+"""Workloads as SimPy processes that build requests and submit them to the engine.
+
+Content identity: a prompt is a list of segments ``(content_id, length)`` (see ``hashing.py``).
+System prompt k of profile p is ``p * 2**20 + k`` (shared by every session that draws it); every
+user message and reply gets a fresh id ``(stream + 1) << 32 | n`` from its own stream (a user in a
+closed loop, a session in an open loop), so ids never depend on event timing.
+
+Randomness: one ``numpy.random.SeedSequence`` from the run seed; each user or session draws from
+its own child stream (``spawn_key``), so a user's draws do not depend on when other users finish.
+
+Turn k of a session prompts with the whole conversation so far (system prompt, every earlier
+message and reply) plus the new message. A turn that would not fit the model's context ends the
+session; the user starts a new one. Think time follows every turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from simcore.config import (
+    ApiWorkload,
+    ChatWorkload,
+    MixWorkload,
+    PoissonWorkload,
+    Profile,
+    SimConfig,
+    TraceWorkload,
+)
+from simcore.dists import sample_tokens
+from simcore.hashing import TokenSeq
+
+if TYPE_CHECKING:
+    from simcore.engine import Engine
+
+_SYS_STRIDE = 2**20
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
+
+
+class _Ids:
+    """Fresh content ids for one stream."""
+
+    __slots__ = ("base", "n")
+
+    def __init__(self, stream: int) -> None:
+        self.base = (stream + 1) << 32
+        self.n = 0
+
+    def next(self) -> int:
+        self.n += 1
+        return self.base | self.n
+
+
+class Workload:
+    """Starts the processes that submit requests for one :class:`SimConfig`."""
+
+    def __init__(self, cfg: SimConfig) -> None:
+        self.cfg = cfg
+        w = cfg.workload
+        self.seed = cfg.run.seed
+        self.block_size = cfg.engine.block_size
+        self.max_context = cfg.model.max_context
+        self.session_caching = cfg.engine.prefix_caching == "session"
+        if isinstance(w, (ChatWorkload, PoissonWorkload)):
+            self.profiles: list[Profile] = [w]
+            self.weights = np.ones(1)
+        elif isinstance(w, ApiWorkload):
+            self.profiles = [w.as_profile()]
+            self.weights = np.ones(1)
+        elif isinstance(w, MixWorkload):
+            self.profiles = list(w.profiles)
+            self.weights = np.array([p.weight for p in w.profiles]) / sum(p.weight for p in w.profiles)
+        else:
+            self.profiles = []
+            self.weights = np.ones(1)
+        pool_rng = _rng(self.seed, 0)
+        self.sys_lengths = [
+            sample_tokens(p.system_prompt_tokens, pool_rng, p.system_prompts, self.max_context)
+            if p.system_prompt_tokens.lower_bound() > 0 or p.system_prompt_tokens.mean_hint() > 0
+            else np.zeros(p.system_prompts, dtype=np.int64)
+            for p in self.profiles
+        ]
+
+    def start(self, engine: Engine) -> None:
+        env = engine.env
+        w = self.cfg.workload
+        if isinstance(w, TraceWorkload):
+            env.process(self._trace(engine, w))
+        elif isinstance(w, ChatWorkload) or (isinstance(w, MixWorkload) and w.users is not None):
+            users = w.users
+            assert users is not None
+            for u in range(users):
+                env.process(self._user(engine, u))
+        else:
+            rate = w.request_rate if isinstance(w, ApiWorkload) else w.session_rate
+            assert rate is not None
+            env.process(self._open_loop(engine, rate))
+
+    # ---- processes -------------------------------------------------------------------------
+    def _user(self, engine: Engine, user: int) -> Generator[Any, Any, None]:
+        rng = _rng(self.seed, 1, user)
+        ids = _Ids(user)
+        n = 0
+        while True:
+            alive = yield from self._session(engine, rng, ids, session_id=(user << 20) | n)
+            n += 1
+            if not alive:
+                return
+
+    def _open_loop(self, engine: Engine, rate: float) -> Generator[Any, Any, None]:
+        rng = _rng(self.seed, 2)
+        env = engine.env
+        i = 0
+        while True:
+            yield engine.timeout(float(rng.exponential(1.0 / rate)))
+            if not engine.may_submit():
+                return
+            stream = 1 << 30 | i
+            env.process(self._session(engine, _rng(self.seed, 3, i), _Ids(stream), session_id=stream))
+            i += 1
+
+    def _session(
+        self, engine: Engine, rng: np.random.Generator, ids: _Ids, session_id: int
+    ) -> Generator[Any, Any, bool]:
+        """One conversation; returns False when the run stops accepting requests."""
+        k = 0 if len(self.profiles) == 1 else int(rng.choice(len(self.profiles), p=self.weights))
+        prof = self.profiles[k]
+        turns = int(sample_tokens(prof.turns, rng, 1, 1 << 30)[0])
+        sys_k = int(rng.integers(prof.system_prompts))
+        cap = self.max_context
+        msgs = sample_tokens(prof.user_tokens, rng, turns, cap)
+        outs = sample_tokens(prof.output_tokens, rng, turns, cap)
+        thinks = prof.think_time_s.sample(rng, turns)
+        root = (session_id + 1) if self.session_caching else 0
+        seq = TokenSeq(self.block_size, root)
+        sys_len = int(self.sys_lengths[k][sys_k])
+        if sys_len:
+            seq.append(k * _SYS_STRIDE + sys_k, sys_len)
+        sid = -1 if prof.sessionless else session_id
+        for t in range(turns):
+            msg, out = int(msgs[t]), int(outs[t])
+            if seq.num_tokens + msg + out > cap:
+                if t > 0:
+                    return True  # context full: the user starts a new conversation
+                msg = max(1, cap - seq.num_tokens - out)
+                out = max(1, min(out, cap - seq.num_tokens - msg))
+            if not engine.may_submit():
+                return False
+            seq.append(ids.next(), msg)
+            prompt = seq.num_tokens
+            seq.append(ids.next(), out)
+            yield engine.submit(seq, prompt, out, session_id=sid, turn=t, profile=k)
+            if thinks[t] > 0:
+                yield engine.timeout(float(thinks[t]))
+        return True
+
+    def _trace(self, engine: Engine, w: TraceWorkload) -> Generator[Any, Any, None]:
+        from simcore.traces import load_trace, prompt_segments
+
+        reqs = load_trace(w.path, w.format, w.time_scale, w.limit)
+        env = engine.env
+        out_ids = _Ids(0)
+        for i, tr in enumerate(reqs):
+            if tr.arrival_s > env.now:
+                yield engine.timeout(tr.arrival_s - env.now)
+            if not engine.may_submit():
+                return
+            seq = TokenSeq(self.block_size, 0 if not self.session_caching else -(i + 1))
+            for cid, length in prompt_segments(tr, i, w.trace_block_tokens):
+                seq.append(cid, length)
+            prompt = seq.num_tokens
+            out = max(1, tr.output_tokens)
+            seq.append(out_ids.next(), out)
+            engine.submit(seq, prompt, out, session_id=-1, turn=0, profile=0)
