@@ -119,7 +119,7 @@ def replay_hashes(
     ``input_tokens`` is the trace's total prompt tokens (the hit rate's denominator).
     """
     usable = capacity_blocks(capacity_tokens, block_size)
-    pool = BlockPool(usable + 1)  # + the null block
+    pool = BlockPool(math.inf if usable == math.inf else int(usable) + 1)  # + the null block
     hit_blocks = total_blocks = truncated = 0
     longest_hit, touch, allocate = pool.longest_hit, pool.touch, pool.allocate
     cache_block, free, num_free = pool.cache_block, pool.free, pool.num_free

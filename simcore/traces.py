@@ -24,9 +24,9 @@ Trace content ids are negative so they never collide with the engine's synthetic
 (>= 0): hash id ``h`` becomes ``-(h + 2)``, not ``-(h + 1)``, because CPython hashes -1 like -2
 (``hash(-1) == hash(-2) == -2``), which would give ids 0 and 1 the same block hash. Prompt
 tokens with no id (Azure traces, or ids that stop early) become one segment unique to the
-request, ``-(10**12 + index)``. Because block
-hashes chain, equal ids at the same position give equal engine blocks at any engine block size
-(a 512-token id covers 512 / block_size engine blocks).
+request, ``-(10**12 + index)``. Because block hashes chain, two prompts share an engine block
+exactly when their ids agree up to and including the id that block lies in, at any engine block
+size that divides 512 (a 512-token id covers 512 / block_size engine blocks).
 
 Errors in the file raise :class:`simcore.errors.ConfigError` naming the file, the line number,
 the bad value and the fix.
@@ -113,7 +113,7 @@ def load_trace(
     return [TraceRequest((t - t0) * time_scale, n_in, n_out, ids) for t, n_in, n_out, ids in rows]
 
 
-_Row = tuple[float, int, int, "tuple[int, ...] | None"]
+_Row = tuple[float, int, int, tuple[int, ...] | None]  # (arrival s, prompt, output, ids)
 
 
 def _bad(path: Path, lineno: int, msg: str) -> ConfigError:

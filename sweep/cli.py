@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
-        getattr(module, f"add_{name}_arguments", module.add_arguments)(p)
-        p.set_defaults(_main=getattr(module, f"main_{name}", getattr(module, "main", None)))
+        add = getattr(module, f"add_{name}_arguments", None) or module.add_arguments
+        add(p)
+        p.set_defaults(_main=getattr(module, f"main_{name}", None) or module.main)
     return parser
 
 

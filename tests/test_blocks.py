@@ -1,0 +1,149 @@
+"""BlockPool: exact block ids, free-queue order and eviction order (vLLM v1 rules)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simcore.blocks import BlockPool
+
+
+def test_fresh_blocks_come_in_id_order_and_null_block_is_reserved():
+    pool = BlockPool(6)
+    assert pool.usable_blocks == 5
+    assert pool.allocate(3) == [1, 2, 3]
+    assert pool.num_used() == 3
+    assert pool.num_free() == 2
+    assert pool.allocate(3) is None  # "no room" is a return value
+    assert pool.allocate(2) == [4, 5]
+    assert pool.allocate_one() is None
+
+
+def test_freed_chain_goes_to_tail_deepest_first_and_is_evicted_tail_first():
+    pool = BlockPool(6)
+    chain = pool.allocate(3)
+    for i, b in enumerate(chain):
+        pool.cache_block(b, 100 + i)
+    pool.free(chain)
+    # head: never-used 4, 5; then the chain released deepest-first: 3, 2, 1
+    assert pool.free_queue() == [4, 5, 3, 2, 1]
+    assert pool.allocate(3) == [4, 5, 3]
+    assert pool.evictions == 1
+    assert pool.cached_block(102) is None  # block 3 held the chain's tail
+    assert pool.cached_block(101) == 2 and pool.cached_block(100) == 1
+    assert pool.allocate_one() == 2
+    assert pool.cached_block(101) is None and pool.evictions == 2
+
+
+def test_touch_takes_a_cached_block_out_of_the_queue_and_refree_moves_it_to_the_tail():
+    pool = BlockPool(5)
+    a = pool.allocate(2)
+    pool.cache_block(a[0], 7)
+    pool.cache_block(a[1], 8)
+    pool.free(a)
+    assert pool.free_queue() == [3, 4, 2, 1]
+    hit = pool.longest_hit([7, 8, 9], max_blocks=3)
+    assert hit == [1, 2]
+    assert pool.count_free_in(hit) == 2
+    pool.touch([1])
+    assert pool.free_queue() == [3, 4, 2]
+    assert pool.ref_cnt[1] == 1
+    pool.free([1])
+    assert pool.free_queue() == [3, 4, 2, 1]
+
+
+def test_unhashed_blocks_go_to_the_head_and_are_reused_first():
+    pool = BlockPool(6)
+    a = pool.allocate(2)
+    pool.cache_block(a[0], 1)  # a[1] stays unhashed (a partial block)
+    pool.free(a)
+    assert pool.free_queue() == [2, 3, 4, 5, 1]
+    assert pool.allocate_one() == 2
+
+
+def test_longest_hit_stops_at_first_miss_and_respects_cap():
+    pool = BlockPool(10)
+    blocks = pool.allocate(4)
+    for b, h in zip(blocks, [10, 11, 12, 13], strict=True):
+        pool.cache_block(b, h)
+    assert pool.longest_hit([10, 11, 99, 13], 4) == [1, 2]
+    assert pool.longest_hit([10, 11, 12, 13], 3) == [1, 2, 3]
+    assert pool.longest_hit([99, 11], 2) == []
+
+
+def test_duplicate_hash_keeps_first_block_findable_until_evicted():
+    pool = BlockPool(4)
+    a, b = pool.allocate_one(), pool.allocate_one()
+    pool.cache_block(a, 5)
+    pool.cache_block(b, 5)
+    assert pool.cached_block(5) == a
+    pool.free([a])
+    pool.free([b])
+    assert pool.allocate(2) == [3, a]  # evicts a: b now holds hash 5
+    assert pool.cached_block(5) == b
+    pool.check_invariants()
+
+
+def test_misuse_raises():
+    pool = BlockPool(4)
+    b = pool.allocate_one()
+    pool.cache_block(b, 1)
+    with pytest.raises(RuntimeError, match="already holds a hash"):
+        pool.cache_block(b, 2)
+    pool.free([b])
+    with pytest.raises(RuntimeError, match="freed more often"):
+        pool.free([b])
+    c = pool.allocate_one()
+    pool.free([c])
+    with pytest.raises(RuntimeError, match="only blocks in use"):
+        pool.cache_block(c, 3)
+    with pytest.raises(ValueError, match="need at least 2"):
+        BlockPool(1)
+
+
+def test_infinite_pool_allocates_lazily():
+    pool = BlockPool(math.inf)
+    assert pool.allocate(3) == [1, 2, 3]
+    assert pool.num_free() == math.inf
+    assert pool.num_used() == 3
+
+
+ops = st.lists(
+    st.tuples(st.sampled_from(["alloc", "free", "touch", "cache"]), st.integers(0, 7), st.integers(0, 30)),
+    max_size=120,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops, st.integers(2, 20))
+def test_random_operations_conserve_blocks(operations, num_blocks):
+    pool = BlockPool(num_blocks)
+    held: list[list[int]] = []
+    for op, n, h in operations:
+        if op == "alloc":
+            got = pool.allocate(n)
+            if got is None:
+                assert n > pool.num_free()
+            else:
+                held.append(got)
+        elif op == "free" and held:
+            pool.free(held.pop(n % len(held)))
+        elif op == "touch" and pool.cached_block(h) is not None:
+            b = pool.cached_block(h)
+            pool.touch([b])
+            held.append([b])
+        elif op == "cache" and held:
+            owner = held[n % len(held)]
+            free_of_hash = [b for b in owner if b not in pool.block_hash]
+            if free_of_hash:
+                pool.cache_block(free_of_hash[0], h)
+        pool.check_invariants()
+        assert pool.num_used() + pool.num_free() == pool.usable_blocks
+        assert min(pool.ref_cnt) >= 0
+    for blocks in held:
+        pool.free(blocks)
+    pool.check_invariants()
+    assert pool.num_used() == 0

@@ -1,0 +1,153 @@
+"""The engine end to end: memory pressure, failures, no block leaks, scale, determinism."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simcore.api import simulate
+from simcore.config import SimConfig
+from simcore.costmodel import CostModel
+from tests.simhelpers import Scripted, run_engine, run_script, small_cfg
+
+
+def _pressure_cfg(**over) -> SimConfig:
+    base = {
+        "engine": {"block_size": 16, "kv_budget_gib": 0.1, "max_num_batched_tokens": 2048},
+        "workload": {"kind": "chat", "users": 48, "turns": 3, "system_prompt_tokens": 300,
+                     "user_tokens": 150, "output_tokens": {"kind": "lognormal", "mean": 300, "max": 900},
+                     "think_time_s": 0.5},
+        "run": {"num_requests": 400, "record_requests": True},
+    }
+    base.update(over)
+    return small_cfg(**base)
+
+
+def test_memory_pressure_preempts_and_every_request_ends():
+    cfg = _pressure_cfg()
+    engine = run_engine(cfg)
+    assert engine.counters.preemptions > 0
+    statuses = {r.status for r in engine.records}
+    assert statuses <= {"completed", "failed"}
+    assert len(engine.records) == 400
+    # every block is free or cached once the last request is done: no leak
+    assert engine.pool.num_used() == 0
+    engine.pool.check_invariants()
+
+
+def test_no_leak_with_tensor_parallel_and_failed_requests():
+    cfg = small_cfg(
+        model="Llama-3.1-8B",
+        engine={"block_size": 16, "tensor_parallel": 2, "kv_budget_gib": 0.06},
+        workload={"kind": "chat", "users": 16, "turns": 2, "system_prompt_tokens": 200,
+                  "user_tokens": {"kind": "choice", "values": [100, 9000]}, "output_tokens": 200},
+        run={"num_requests": 120},
+    )
+    engine = run_engine(cfg)
+    failed = [r for r in engine.records if r.status == "failed"]
+    assert failed, "some 9000-token prompts must not fit the tiny cache"
+    assert all("KV blocks" in r.error for r in failed)
+    assert sum(r.status == "completed" for r in engine.records) + len(failed) == 120
+    assert engine.pool.num_used() == 0
+    engine.pool.check_invariants()
+
+
+def test_request_longer_than_context_fails_with_reason():
+    cfg = small_cfg(model={"name": "Llama-3.2-1B", "max_context": 64})
+    (r,) = run_script(cfg, 1000, [Scripted(0.0, [(1, 60)], output=10)]).records
+    assert r.status == "failed" and "exceed the model context 64" in r.error
+
+
+def test_infeasible_model_is_a_result_not_a_crash():
+    res = simulate(small_cfg(model="Llama-3.1-70B", gpu="A100-40GB"))
+    assert res.status == "infeasible"
+    assert "weights" in res.error and res.summary["ttft_p50_s"] is None
+
+
+def test_thousand_concurrent_users_complete():
+    cfg = small_cfg(
+        engine={"block_size": 16, "max_num_seqs": 512},
+        workload={"kind": "chat", "users": 1200, "turns": 2, "think_time_s": 2.0},
+        run={"num_requests": 2500},
+    )
+    s = simulate(cfg).summary
+    assert s["num_completed"] == 2500 and s["num_failed"] == 0
+    assert s["mean_batch_size"] > 100
+
+
+def test_bigger_model_is_slower_per_step_on_the_same_gpu():
+    def model_cfg(name: str) -> SimConfig:
+        return small_cfg(model=name, gpu="H100-SXM-80GB")
+
+    small, big = CostModel(model_cfg("Llama-3.2-1B")), CostModel(model_cfg("Llama-3.1-8B"))
+    for tokens, ctx, seqs in [(1, 1000, 1), (64, 64 * 2000, 64), (4096, 4096 * 2048, 2)]:
+        assert big.step_time(tokens, ctx, ctx, seqs) > small.step_time(tokens, ctx, ctx, seqs)
+    wl = {"kind": "chat", "users": 16}
+    tpot = [simulate(small_cfg(model=m, gpu="H100-SXM-80GB", workload=wl)).summary["tpot_p50_s"]
+            for m in ("Llama-3.2-1B", "Llama-3.1-8B")]
+    assert tpot[1] > tpot[0]
+
+
+def test_same_config_and_seed_give_the_same_summary():
+    cfg = _pressure_cfg()
+    a, b = simulate(cfg), simulate(cfg)
+    drop = {"sim_wall_s"}
+    assert {k: v for k, v in a.summary.items() if k not in drop} == {
+        k: v for k, v in b.summary.items() if k not in drop
+    }
+    assert a.requests == b.requests
+    other = simulate(cfg.model_copy(update={"run": cfg.run.model_copy(update={"seed": 1})}))
+    assert other.summary["ttft_p50_s"] != a.summary["ttft_p50_s"]
+
+
+# ---- random request streams (hypothesis) -----------------------------------------------------
+request = st.tuples(
+    st.floats(0, 3, allow_nan=False),  # arrival
+    st.lists(st.tuples(st.integers(1, 4), st.integers(1, 20)), min_size=1, max_size=4),  # segments
+    st.integers(1, 30),  # output tokens
+    st.integers(-1, 2),  # session
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(request, min_size=1, max_size=25),
+    st.integers(4, 60),
+    st.sampled_from([1, 2, 4]),
+    st.sampled_from(["off", "session", "prefix"]),
+    st.sampled_from([8, 32, 4096]),
+    st.sampled_from([2, 256]),
+)
+def test_random_streams_keep_invariants_and_fast_equals_reference(
+    reqs, num_blocks, block_size, mode, budget, max_seqs
+):
+    script = [Scripted(at, segs, out, session_id=s, root=max(s, 0) if mode == "session" else 0)
+              for at, segs, out, s in reqs]
+    results = {}
+    for sim_mode in ("reference", "fast"):
+        cfg = small_cfg(
+            engine={"block_size": block_size, "prefix_caching": mode, "max_num_batched_tokens": budget,
+                    "max_num_seqs": max_seqs},
+            run={"mode": sim_mode},
+        )
+        res = run_script(cfg, num_blocks, script)
+        pool = res.engine.pool
+        pool.check_invariants()
+        assert pool.num_used() == 0
+        assert min(pool.ref_cnt) >= 0
+        recs = res.records
+        assert sum(r.status == "completed" for r in recs) + sum(r.status == "failed" for r in recs) == len(script)
+        for r in recs:
+            assert r.cached_tokens <= max(r.prompt_tokens - 1, 0)
+            if r.status == "failed":
+                assert r.error
+        results[sim_mode] = (recs, pool.evictions, res.engine.counters)
+    (ref, ev_ref, c_ref), (fast, ev_fast, c_fast) = results["reference"], results["fast"]
+    assert ev_ref == ev_fast
+    assert (c_ref.steps, c_ref.preemptions, c_ref.peak_used_blocks) == (
+        c_fast.steps, c_fast.preemptions, c_fast.peak_used_blocks)
+    for a, b in zip(ref, fast, strict=True):
+        assert (a.status, a.cached_tokens, a.preemptions, a.prefill_computed_tokens) == (
+            b.status, b.cached_tokens, b.preemptions, b.prefill_computed_tokens)
+        for key in ("admitted_s", "first_token_s", "finish_s"):
+            assert abs(getattr(a, key) - getattr(b, key)) <= 1e-6

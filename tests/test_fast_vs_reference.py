@@ -1,0 +1,55 @@
+"""The fast scheduler against the one-step-at-a-time reference on whole workloads."""
+
+from __future__ import annotations
+
+import pytest
+
+from simcore.api import simulate
+from tests.simhelpers import small_cfg
+
+CASES = {
+    "standard-chat": {"model": "Llama-3.1-8B", "gpu": "H100-SXM-80GB", "engine": {"block_size": 16},
+                      "workload": {"kind": "chat", "users": 64, "turns": {"kind": "geometric", "mean": 4},
+                                   "think_time_s": {"kind": "exponential", "mean": 3.0}},
+                      "run": {"num_requests": 800}},
+    "memory-pressure": {"engine": {"block_size": 16, "kv_budget_gib": 0.1},
+                        "workload": {"kind": "chat", "users": 40, "turns": 3, "output_tokens": 400},
+                        "run": {"num_requests": 300}},
+    "tight-budget": {"engine": {"block_size": 16, "max_num_batched_tokens": 48, "max_num_seqs": 64},
+                     "workload": {"kind": "chat", "users": 80, "turns": 2}, "run": {"num_requests": 250}},
+    "few-seqs": {"engine": {"block_size": 8, "max_num_seqs": 4},
+                 "workload": {"kind": "chat", "users": 12, "turns": 2}, "run": {"num_requests": 120}},
+    "tp2-session": {"model": "Llama-3.1-8B", "engine": {"tensor_parallel": 2, "prefix_caching": "session"},
+                    "workload": {"kind": "poisson", "session_rate": 3.0, "turns": 3, "think_time_s": 1.0},
+                    "run": {"num_requests": 300}},
+    "off-api": {"engine": {"prefix_caching": "off"},
+                "workload": {"kind": "api", "request_rate": 20.0, "system_prompt_tokens": 200},
+                "run": {"num_requests": 300}},
+    "mix": {"workload": {"kind": "mix", "users": 30, "profiles": [
+        {"weight": 3, "turns": 4, "think_time_s": 1.0},
+        {"weight": 1, "sessionless": True, "user_tokens": 800, "system_prompts": 2}]},
+        "run": {"num_requests": 300}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fast_matches_reference(name):
+    out = {}
+    for mode in ("reference", "fast"):
+        case = dict(CASES[name])
+        case["run"] = {**case["run"], "mode": mode, "record_requests": True}
+        out[mode] = simulate(small_cfg(**case))
+    ref, fast = out["reference"], out["fast"]
+    exact = ["num_completed", "num_failed", "prefix_hit_rate", "hit_request_share", "prefill_tokens_computed",
+             "preemptions", "evictions", "kv_peak_blocks", "num_steps"]
+    assert {k: ref.summary[k] for k in exact} == {k: fast.summary[k] for k in exact}
+    for key in ("ttft_p99_s", "tpot_p50_s", "kv_mean_util", "mean_batch_size"):
+        assert fast.summary[key] == pytest.approx(ref.summary[key], rel=1e-9, abs=1e-12)
+    assert ref.requests is not None and fast.requests is not None
+    for a, b in zip(ref.requests, fast.requests, strict=True):
+        assert (a["cached_tokens"], a["preemptions"], a["status"]) == (
+            b["cached_tokens"], b["preemptions"], b["status"])
+        for key in ("arrival_s", "admitted_s", "first_token_s", "finish_s"):
+            assert abs(a[key] - b[key]) <= 1e-6, (key, a, b)
+    if name == "memory-pressure":
+        assert ref.summary["preemptions"] > 0
