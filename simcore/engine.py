@@ -112,6 +112,7 @@ class Engine:
 
     def run(self) -> None:
         self.env.run()
+        self.counters.evictions = self.pool.evictions
         for rec in self.records:
             if rec.status == "pending":
                 raise RuntimeError(f"request {rec.request_id} never finished: engine bug")

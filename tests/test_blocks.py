@@ -137,7 +137,7 @@ def test_random_operations_conserve_blocks(operations, num_blocks):
             held.append([b])
         elif op == "cache" and held:
             owner = held[n % len(held)]
-            free_of_hash = [b for b in owner if b not in pool.block_hash]
+            free_of_hash = [b for b in owner if pool.hash_of(b) is None]
             if free_of_hash:
                 pool.cache_block(free_of_hash[0], h)
         pool.check_invariants()

@@ -27,6 +27,7 @@ def test_memory_pressure_preempts_and_every_request_ends():
     cfg = _pressure_cfg()
     engine = run_engine(cfg)
     assert engine.counters.preemptions > 0
+    assert engine.counters.evictions == engine.pool.evictions > 0
     statuses = {r.status for r in engine.records}
     assert statuses <= {"completed", "failed"}
     assert len(engine.records) == 400
