@@ -159,19 +159,16 @@ class BlockPool:
         if h is None:  # a hashed-free block always has a hash; defensive for misuse
             raise RuntimeError(f"block {b} in the cached free queue has no hash")
         self.evictions += 1
-        if self._hash_to_block.get(h) == b:
-            dups = self._dup_blocks.get(h)
-            if dups:
-                self._hash_to_block[h] = dups.pop(0)
-                if not dups:
-                    del self._dup_blocks[h]
-            else:
-                del self._hash_to_block[h]
+        if h not in self._dup_blocks:  # the common case: the only block holding h
+            del self._hash_to_block[h]
+            return
+        dups = self._dup_blocks[h]
+        if self._hash_to_block[h] == b:
+            self._hash_to_block[h] = dups.pop(0)
         else:
-            dups = self._dup_blocks[h]
             dups.remove(b)
-            if not dups:
-                del self._dup_blocks[h]
+        if not dups:
+            del self._dup_blocks[h]
 
     def cache_block(self, block_id: int, block_hash: int) -> None:
         """Record that a full, in-use block holds ``block_hash`` (no-op when caching is off)."""

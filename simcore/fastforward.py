@@ -131,6 +131,8 @@ class FastScheduler(Scheduler):
         cost = self.cost.step_time
         c = self.counters
         block_events = self._block_events
+        phase = self._phase
+        used = self.pool.num_used()
         attn = self.sum_c0_minus_d0 + r * self.D + r  # sum of (computed + 1) over members
         t = now
         step = self.D
@@ -138,8 +140,8 @@ class FastScheduler(Scheduler):
         first_pending = self._first_pending
         while True:
             block_events(step)
+            used += len(phase[-step % bs])  # one new block per member starting a block
             dt = cost(r, attn, attn, r)
-            used = self.pool.num_used()
             c.steps += 1
             c.busy_s += dt
             c.batch_seq_s += r * dt

@@ -35,7 +35,9 @@ class KVCacheManager:
         """Give a waiting request its hit blocks plus room for ``num_new`` tokens; False if no room."""
         computed = len(hits) * self.block_size
         need = blocks_for(computed + num_new, self.block_size) - len(hits)
-        if need + self.pool.count_free_in(hits) > self.pool.num_free():
+        free = self.pool.num_free()
+        # hits that sit in the free queue use up free blocks too; count them only when it matters
+        if need + len(hits) > free and need + self.pool.count_free_in(hits) > free:
             return False
         self.pool.touch(hits)
         new = self.pool.allocate(need)
