@@ -92,6 +92,28 @@ class BlockPool:
         except ValueError:
             return found  # type: ignore[return-value]
 
+    def longest_hit_bisect(self, hashes: Sequence[int], max_blocks: int) -> list[int]:
+        """:meth:`longest_hit` in O(log n) lookups, relying on the cache being prefix-closed.
+
+        Prefix-closed: if a chain's block j is cached, so is every block before it. It holds
+        because a block is only ever taken with its whole prefix (lookups are leading runs) and
+        released before its parent (deepest first), so a parent is never older in the LRU than
+        its child. The fast scheduler uses this; the reference uses the linear walk, and the
+        tests hold the two modes to identical hits.
+        """
+        get = self._hash_to_block.get
+        lo, hi = 0, min(max_blocks, len(hashes))  # blocks [0, lo) cached; block hi not known
+        if hi == 0 or get(hashes[0]) is None:
+            return []
+        lo = 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if get(hashes[mid - 1]) is None:
+                hi = mid - 1
+            else:
+                lo = mid
+        return list(map(get, hashes[:lo]))  # type: ignore[arg-type]
+
     def count_free_in(self, block_ids: Sequence[int]) -> int:
         """How many of ``block_ids`` sit in the free queue (a hit on them uses up free capacity)."""
         rc = self.ref_cnt

@@ -34,8 +34,9 @@ class Engine:
         e = cfg.engine
         caching = e.prefix_caching != "off"
         self.pool = BlockPool(num_blocks, enable_caching=caching)
-        self.kv = KVCacheManager(self.pool, e.block_size, caching)
-        cls = FastScheduler if cfg.run.mode == "fast" else Scheduler
+        fast = cfg.run.mode == "fast"
+        self.kv = KVCacheManager(self.pool, e.block_size, caching, bisect_lookup=fast)
+        cls = FastScheduler if fast else Scheduler
         self.scheduler: Scheduler = cls(
             self.kv, CostModel(cfg), self.counters,
             max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,

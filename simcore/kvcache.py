@@ -19,17 +19,18 @@ def blocks_for(tokens: int, block_size: int) -> int:
 
 
 class KVCacheManager:
-    def __init__(self, pool: BlockPool, block_size: int, caching: bool) -> None:
+    def __init__(self, pool: BlockPool, block_size: int, caching: bool, bisect_lookup: bool = False) -> None:
         self.pool = pool
         self.block_size = block_size
         self.caching = caching
+        self._hit = pool.longest_hit_bisect if bisect_lookup else pool.longest_hit
 
     def lookup(self, req: Request) -> list[int]:
         """Cached blocks of the longest leading hit, leaving at least the last token to compute."""
         if not self.caching:
             return []
         max_blocks = (req.num_tokens - 1) // self.block_size
-        return self.pool.longest_hit(req.seq.hashes, max_blocks)
+        return self._hit(req.seq.hashes, max_blocks)
 
     def admit(self, req: Request, hits: list[int], num_new: int) -> bool:
         """Give a waiting request its hit blocks plus room for ``num_new`` tokens; False if no room."""
