@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--reference-requests", type=int, default=3_000,
                     help="requests for the reference-mode comparison (0 to skip)")
+    ap.add_argument("--scaling", default="5000,10000,20000,40000",
+                    help="request counts for the linearity check: wall time per request at each (empty to skip)")
     args = ap.parse_args()
     print(f"scenario: {args.config}, {args.requests:,} requests, median of {args.repeat} runs")
     fast = show("fast", [run(args.config, args.requests, "fast") for _ in range(args.repeat)])
@@ -66,6 +68,11 @@ def main() -> None:
         f_small = show("fast", [run(args.config, n, "fast") for _ in range(args.repeat)])
         r_small = show("reference", [run(args.config, n, "reference") for _ in range(args.repeat)])
         print(f"fast / reference speed-up: {r_small['wall_s'] / f_small['wall_s']:.2f}x")
+    if args.scaling:
+        print("linearity (fast mode): wall microseconds per simulated request")
+        for n in (int(x) for x in args.scaling.split(",")):
+            r = run(args.config, n, "fast")
+            print(f"  {n:>7,} requests: {r['wall_s']:7.2f} s, {1e6 * r['wall_s'] / n:6.0f} us/request")
     print(f"RESULT simulated_requests_per_wall_second={fast['req_per_s']:.0f} target=10000")
 
 

@@ -82,7 +82,7 @@ class Workload:
         self.sys_lengths = [
             sample_tokens(p.system_prompt_tokens, pool_rng, p.system_prompts, self.max_context)
             if p.system_prompt_tokens.lower_bound() > 0 or p.system_prompt_tokens.mean_hint() > 0
-            else np.zeros(p.system_prompts, dtype=np.int64)
+            else [0] * p.system_prompts
             for p in self.profiles
         ]
 
