@@ -44,7 +44,8 @@ def show(label: str, rows: list[dict[str, float]]) -> dict[str, float]:
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     print(f"{label:<10} wall {med['wall_s']:7.2f} s | {med['req_per_s']:9,.0f} simulated req/wall-s | "
           f"{med['sim_s_per_s']:8,.0f} simulated s/wall-s | {int(med['steps']):,} steps | "
-          f"{int(med['events']):,} events | hit rate {med['hit_rate']:.4f} | TTFT p50 {med['ttft_p50_ms']:.2f} ms")
+          f"{int(med['events']):,} events | hit rate {med['hit_rate']:.4f} | "
+          f"TTFT p50 {med['ttft_p50_ms']:.2f} ms")
     return med
 
 
@@ -56,7 +57,7 @@ def main() -> None:
     ap.add_argument("--reference-requests", type=int, default=3_000,
                     help="requests for the reference-mode comparison (0 to skip)")
     ap.add_argument("--scaling", default="5000,10000,20000,40000",
-                    help="request counts for the linearity check: wall time per request at each (empty to skip)")
+                    help="request counts for the linearity check (empty to skip)")
     args = ap.parse_args()
     print(f"scenario: {args.config}, {args.requests:,} requests, median of {args.repeat} runs")
     fast = show("fast", [run(args.config, args.requests, "fast") for _ in range(args.repeat)])

@@ -17,8 +17,7 @@ from pydantic import ValidationError
 from simcore.api import RunResult, simulate
 from simcore.config import SimConfig
 from simcore.errors import ConfigError, format_validation_error
-from sweep.spec import _read_yaml as read_yaml
-from sweep.spec import _set_path as set_path
+from sweep.spec import read_yaml, set_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

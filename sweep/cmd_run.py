@@ -1,0 +1,233 @@
+"""``kvsweep plan SPEC`` and ``kvsweep run SPEC --out DIR``.
+
+``plan`` expands and validates a sweep spec and shows its axes and a few runs. ``run`` executes
+the runs not yet in DIR (on Ray by default) and appends them to DIR's Parquet dataset; running
+the same command again resumes. Exit status: 0 when every run of this invocation is ok or
+infeasible, 1 when some failed (their rows hold the error), 2 for bad input, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Generator, Iterator
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from simcore import __version__
+from sweep.progress import Progress
+from sweep.spec import Plan, SweepSpec
+
+if TYPE_CHECKING:
+    from sweep.executors import Outcome
+    from sweep.store import Dataset, RunsWriter
+
+DEFAULT_OUT = "results/{name}"
+
+
+def _load(path: str) -> Plan:
+    spec = SweepSpec.load(path)
+    return spec.expand(source=path)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+# ---- plan ------------------------------------------------------------------------------------
+
+
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="sweep spec YAML (e.g. configs/sweeps/quickstart.yaml)")
+    parser.add_argument("--examples", type=int, default=5, metavar="N", help="runs to show (default 5)")
+    parser.add_argument("--out", metavar="DIR", help="also say how many runs DIR already holds")
+
+
+def _show(value: Any) -> str:
+    """A value as YAML would print it: ``false``, ``null``, ``4``, ``prefix``."""
+    return json.dumps(value) if value is None or isinstance(value, (bool, dict, list)) else str(value)
+
+
+def _values_text(values: list[str], limit: int = 8) -> str:
+    return ", ".join(values[:limit]) + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+def main_plan(args: argparse.Namespace) -> int:
+    plan = _load(args.spec)
+    spec = plan.spec
+    axes = spec.axes()
+    about = f" - {spec.description}" if spec.description else ""
+    print(f"sweep {spec.name} ({args.spec}): {len(plan)} runs{about}")
+    width = max([len(", ".join(a.paths)) for a in axes] + [5])
+    for axis in axes:
+        names = "seeds" if axis.where == "seeds" else ", ".join(axis.paths)
+        values = [_show(v[0]) if len(v) == 1 else "(" + ", ".join(map(_show, v)) + ")" for v in axis.values]
+        print(f"  {axis.where:<7} {names:<{width}}  {len(values):>3} x  {_values_text(values)}")
+    if axes:
+        print(f"  = {' x '.join(str(len(a.values)) for a in axes)} = {len(plan)} runs")
+    else:
+        print("  no axes: the base config is the one run")
+    from sweep.store import runs_columns
+
+    extra = [c for c in runs_columns(plan.axis_types) if c in plan.axis_types]
+    print(f"axis columns in runs/: {', '.join(extra) if extra else '(none beyond the context columns)'}")
+    shown = min(args.examples, len(plan))
+    if shown:
+        print(f"examples ({shown} of {len(plan)}):")
+        step = max(1, len(plan) // shown)
+        for index in range(0, step * shown, step):
+            print(f"  {plan.run_ids[index]}  {plan.describe(index)}")
+    if args.out:
+        from sweep.store import Dataset
+
+        present = Dataset(args.out).existing()
+        counts = Counter(present[rid] for rid in plan.run_ids if rid in present)
+        have = sum(counts.values())
+        print(
+            f"in {args.out}: {have} present (ok {counts['ok']}, infeasible {counts['infeasible']},"
+            f" failed {counts['failed']}), {len(plan) - have} to do"
+        )
+    return 0
+
+
+# ---- run ---------------------------------------------------------------------------------------
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="sweep spec YAML (e.g. configs/sweeps/quickstart.yaml)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="dataset location: a path or a pyarrow.fs URI such as s3://bucket/prefix"
+                             f" (default {DEFAULT_OUT.format(name='<sweep name>')})")
+    parser.add_argument("--executor", choices=("ray", "serial"), default="ray",
+                        help="ray (default) or serial: every run in this process, for debugging")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
+    parser.add_argument("--num-cpus", type=_positive, metavar="N",
+                        help="CPUs of the embedded local Ray (default: all)")
+    parser.add_argument("--ship-code", choices=("auto", "always", "never"), default="auto",
+                        help="send simcore/ and sweep/ to the workers as a Ray runtime env"
+                             " (auto: when joining a cluster)")
+    parser.add_argument("--runs-per-task", type=_positive, metavar="N",
+                        help="runs per Ray task (default: sized so each task has ~0.5 s of work)")
+    parser.add_argument("--max-in-flight", type=_positive, metavar="N",
+                        help="Ray tasks out at a time (default: 2 x cluster CPUs)")
+    parser.add_argument("--max-retries", type=int, default=3, metavar="N",
+                        help="Ray retries of a task whose worker died (default 3)")
+    parser.add_argument("--save-requests", action="store_true",
+                        help="also write every request of every run under DIR/requests/")
+    parser.add_argument("--retry-failed", action="store_true", help="run again the runs DIR holds as failed")
+    parser.add_argument("--part-rows", type=_positive, default=1000, metavar="N",
+                        help="rows per runs/ part file (default 1000)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar (default: on a terminal; else a line every 30 s)")
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main_run(args: argparse.Namespace) -> int:
+    from sweep.executors import FAULTS_ENV, Task, make_executor, parse_faults
+    from sweep.progress import format_duration
+    from sweep.store import Dataset, row_head, runs_schema
+
+    started = time.monotonic()
+    plan = _load(args.spec)
+    spec = plan.spec
+    out = args.out or DEFAULT_OUT.format(name=spec.name)
+    dataset = Dataset(out)
+    schema = runs_schema(plan.axis_types)
+    resumed = dataset.prepare(spec.name, spec.to_yaml(), schema, __version__)
+    dropped = dataset.drop_failed() if resumed and args.retry_failed else 0
+    present = dataset.existing() if resumed else {}
+    todo = [i for i, run_id in enumerate(plan.run_ids) if run_id not in present]
+    skipped = len(plan) - len(todo)
+    note = f", {dropped} failed rows dropped to retry" if dropped else ""
+    print(f"kvsweep run: sweep {spec.name}: {len(plan)} runs, {skipped} already in {out}{note},"
+          f" {len(todo)} to do", file=sys.stderr)
+    if not todo:
+        print(f"kvsweep run: nothing to do: {out} holds every run of {args.spec}", file=sys.stderr)
+        return 0
+
+    def tasks() -> Iterator[Task]:
+        for index in todo:
+            run = plan.run_at(index)
+            yield Task(run.run_id, run.config_json, row_head(run, spec.name, __version__))
+
+    options: dict[str, Any] = {
+        "save_requests": args.save_requests,
+        "faults": parse_faults(os.environ.get(FAULTS_ENV)),
+    }
+    if args.executor == "ray":
+        options.update(
+            address=args.address, num_cpus=args.num_cpus, runs_per_task=args.runs_per_task,
+            max_in_flight=args.max_in_flight, max_retries=args.max_retries, ship_code=args.ship_code,
+        )
+    with make_executor(args.executor, **options) as executor:
+        print(f"kvsweep run: on {executor.describe()}", file=sys.stderr)
+        writer = dataset.writer(schema, part_rows=args.part_rows)
+        progress = Progress(len(todo), spec.name, bar=args.progress)
+        interrupted = _drive(executor.run(tasks(), len(todo)), dataset, writer, progress)
+
+    elapsed = format_duration(time.monotonic() - started)
+    print(
+        f"kvsweep run: {'interrupted after' if interrupted else 'done:'} {progress.done} runs in {elapsed}"
+        f" ({progress.status_text()}); {skipped} were already there -> {out}"
+        f" (runs/: {writer.parts_written} new parts)",
+        file=sys.stderr,
+    )
+    if interrupted:
+        print("kvsweep run: rerun the same command to resume", file=sys.stderr)
+        raise KeyboardInterrupt
+    failed = progress.counts["failed"]
+    if failed:
+        print(f"kvsweep run: {failed} runs failed: see their `error` column; --retry-failed runs them again",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _drive(
+    outcomes: Generator[Outcome, None, None], dataset: Dataset, writer: RunsWriter, progress: Progress
+) -> bool:
+    """Store outcomes as they come. Ctrl-C (or SIGTERM) stops it with whatever finished written
+    as whole parts; returns whether it was interrupted."""
+    previous = _install(signal.SIGTERM, _sigterm_as_interrupt)  # after ray.init, which sets its own
+    try:
+        for outcome in outcomes:
+            if outcome.requests is not None:
+                dataset.write_requests(outcome.row["run_id"], outcome.requests)
+            writer.add(outcome.row)
+            progress.update(outcome.status)
+        return False
+    except KeyboardInterrupt:
+        return True
+    finally:
+        outcomes.close()  # stops submitting; Ray ends what is still out
+        writer.flush()  # finished runs become one more whole part
+        progress.close()
+        if previous is not _NOT_SET:
+            _install(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+_NOT_SET = object()
+
+
+def _install(signum: int, handler: Any) -> Any:
+    """Set a signal handler where possible (only the main thread may); return the previous one,
+    or ``_NOT_SET`` when nothing was changed."""
+    try:
+        return signal.signal(signum, handler)
+    except ValueError:  # not the main thread
+        return _NOT_SET

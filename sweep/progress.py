@@ -1,0 +1,79 @@
+"""Progress of a sweep: done / ok / infeasible / failed, rate and ETA.
+
+On a terminal it is a tqdm bar; elsewhere (CI logs, a cluster job's log) one plain line every
+``interval_s`` seconds, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from typing import TextIO
+
+from tqdm import tqdm
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Progress:
+    """Call :meth:`update` once per finished run, :meth:`close` at the end."""
+
+    def __init__(
+        self, total: int, desc: str, *, bar: bool | None = None, interval_s: float = 30.0,
+        file: TextIO | None = None,
+    ) -> None:
+        self.total = total
+        self.desc = desc
+        self.file = file or sys.stderr
+        self.counts: Counter[str] = Counter()
+        self.start = time.monotonic()
+        self.interval_s = interval_s
+        self._last_line = self.start
+        use_bar = self.file.isatty() if bar is None else bar
+        self._bar = (
+            tqdm(total=total, desc=desc, unit="run", file=self.file, smoothing=0.05, dynamic_ncols=True)
+            if use_bar
+            else None
+        )
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.values())
+
+    def status_text(self) -> str:
+        c = self.counts
+        return f"ok {c['ok']}, infeasible {c['infeasible']}, failed {c['failed']}"
+
+    def update(self, status: str) -> None:
+        self.counts[status] += 1
+        if self._bar is not None:
+            self._bar.set_postfix_str(self.status_text(), refresh=False)
+            self._bar.update(1)
+            return
+        now = time.monotonic()
+        if now - self._last_line >= self.interval_s:
+            self._last_line = now
+            print(self.line(), file=self.file, flush=True)
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = format_duration((self.total - self.done) / rate) if rate > 0 else "?"
+        pct = 100 * self.done / self.total if self.total else 100
+        return (
+            f"{self.desc}: {self.done}/{self.total} runs ({pct:.0f}%; {self.status_text()}),"
+            f" {rate:.1f} runs/s, ETA {eta}"
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
