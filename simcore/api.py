@@ -28,12 +28,14 @@ class RunResult:
     requests: list[dict[str, Any]] | None = field(default=None, repr=False)
 
 
-def simulate(cfg: SimConfig) -> RunResult:
+def simulate(cfg: SimConfig, wall_limit_s: float | None = None) -> RunResult:
+    """Run one simulation. ``wall_limit_s`` bounds its wall-clock time: past it the run raises
+    :class:`simcore.engine.SimulationTimeout` (checked every few hundred engine iterations)."""
     t0 = time.perf_counter()
     num_blocks, reason = kv_capacity_blocks(cfg)
     if reason is not None:
         return RunResult("infeasible", empty_summary(), error=reason)
-    engine = Engine(cfg, num_blocks)
+    engine = Engine(cfg, num_blocks, wall_limit_s)
     Workload(cfg).start(engine)
     engine.run()
     summary = summarize(

@@ -8,6 +8,7 @@ current time run before it schedules (``_settle``).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Generator
 from typing import Any
 
@@ -24,11 +25,17 @@ from simcore.request import Request
 from simcore.scheduler import Scheduler
 
 
+class SimulationTimeout(RuntimeError):
+    """The run exceeded its wall-clock budget (``simulate(cfg, wall_limit_s=...)``)."""
+
+
 class Engine:
     """One serving engine: a block pool, a scheduler and the SimPy loop that drives them."""
 
-    def __init__(self, cfg: SimConfig, num_blocks: int) -> None:
+    def __init__(self, cfg: SimConfig, num_blocks: int, wall_limit_s: float | None = None) -> None:
         self.cfg = cfg
+        self._deadline = None if wall_limit_s is None else time.perf_counter() + wall_limit_s
+        self._wall_limit_s = wall_limit_s
         self.env = simpy.Environment()
         self.counters = Counters()
         e = cfg.engine
@@ -98,7 +105,14 @@ class Engine:
     def _loop(self) -> Generator[Any, Any, None]:
         env = self.env
         sched = self.scheduler
+        n = 0
         while True:
+            n += 1
+            if self._deadline is not None and n % 256 == 0 and time.perf_counter() > self._deadline:
+                raise SimulationTimeout(
+                    f"simulation exceeded its wall-time limit of {self._wall_limit_s:g} s "
+                    f"at simulated time {env.now:.1f} s"
+                )
             yield from self._settle()
             if not sched.has_work():
                 self._wake = env.event()

@@ -156,3 +156,13 @@ def test_random_streams_keep_invariants_and_fast_equals_reference(
             b.status, b.cached_tokens, b.preemptions, b.prefill_computed_tokens)
         for key in ("admitted_s", "first_token_s", "finish_s"):
             assert abs(getattr(a, key) - getattr(b, key)) <= 1e-6
+
+
+def test_wall_time_limit_stops_a_runaway_run():
+    import pytest
+
+    from simcore.engine import SimulationTimeout
+
+    cfg = small_cfg(workload={"kind": "chat", "users": 64}, run={"num_requests": 10**6})
+    with pytest.raises(SimulationTimeout, match="wall-time limit of 0.2 s"):
+        simulate(cfg, wall_limit_s=0.2)
