@@ -10,7 +10,8 @@ its own child stream (``spawn_key``), so a user's draws do not depend on when ot
 
 Turn k of a session prompts with the whole conversation so far (system prompt, every earlier
 message and reply) plus the new message. A turn that would not fit the model's context ends the
-session; the user starts a new one. Think time follows every turn.
+session; the user starts a new one. Think time follows every turn, and a closed-loop user's first
+session starts after one think time (users ramp up instead of all arriving at time zero).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class Workload:
         ids = _Ids(user)
         n = 0
         while True:
-            alive = yield from self._session(engine, rng, ids, session_id=(user << 20) | n)
+            alive = yield from self._session(engine, rng, ids, session_id=(user << 20) | n, stagger=n == 0)
             n += 1
             if not alive:
                 return
@@ -125,9 +126,13 @@ class Workload:
             i += 1
 
     def _session(
-        self, engine: Engine, rng: np.random.Generator, ids: _Ids, session_id: int
+        self, engine: Engine, rng: np.random.Generator, ids: _Ids, session_id: int, stagger: bool = False
     ) -> Generator[Any, Any, bool]:
-        """One conversation; returns False when the run stops accepting requests."""
+        """One conversation; returns False when the run stops accepting requests.
+
+        ``stagger``: a closed-loop user's first session starts after one think time, so users
+        do not all arrive at time zero (with zero think time they do).
+        """
         k = 0 if len(self.profiles) == 1 else int(rng.choice(len(self.profiles), p=self.weights))
         prof = self.profiles[k]
         turns = int(sample_tokens(prof.turns, rng, 1, 1 << 30)[0])
@@ -142,6 +147,10 @@ class Workload:
         if sys_len:
             seq.append(k * _SYS_STRIDE + sys_k, sys_len)
         sid = -1 if prof.sessionless else session_id
+        if stagger:
+            (delay,) = prof.think_time_s.sample(rng, 1)
+            if delay > 0:
+                yield engine.timeout(delay)
         for t in range(turns):
             msg, out = int(msgs[t]), int(outs[t])
             if seq.num_tokens + msg + out > cap:
