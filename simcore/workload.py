@@ -16,7 +16,9 @@ session starts after one think time (users ramp up instead of all arriving at ti
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +39,23 @@ if TYPE_CHECKING:
     from simcore.engine import Engine
 
 _SYS_STRIDE = 2**20
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return -1.0  # load_trace reports the missing file
+
+
+@lru_cache(maxsize=4)
+def _load_trace_cached(
+    path: str, fmt: str, time_scale: float, limit: int | None, mtime: float
+) -> tuple[Any, ...]:
+    """Parse a trace once per worker process: a sweep runs many simulations of one trace."""
+    from simcore.traces import load_trace
+
+    return tuple(load_trace(path, fmt, time_scale, limit))
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -169,9 +188,9 @@ class Workload:
         return True
 
     def _trace(self, engine: Engine, w: TraceWorkload) -> Generator[Any, Any, None]:
-        from simcore.traces import load_trace, prompt_segments
+        from simcore.traces import prompt_segments
 
-        reqs = load_trace(w.path, w.format, w.time_scale, w.limit)
+        reqs = _load_trace_cached(w.path, w.format, w.time_scale, w.limit, _mtime(w.path))
         env = engine.env
         out_ids = _Ids(0)
         for i, tr in enumerate(reqs):
