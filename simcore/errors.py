@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 # Discriminator tags pydantic inserts into error locations; not part of the user's key path.
 _UNION_TAGS = {"chat", "poisson", "api", "mix", "trace", "constant", "uniform", "lognormal",
@@ -30,14 +31,14 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _fix(err: dict[str, Any]) -> str:
+def _fix(err: ErrorDetails) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         return "remove it or check its spelling"
     if kind == "missing":
         return "add it"
     if kind == "union_tag_invalid":
-        return "set kind to one of " + str(err.get("ctx", {}).get("expected_tags", ""))
+        return "set kind to one of " + str((err.get("ctx") or {}).get("expected_tags", ""))
     if kind.startswith(("greater", "less")):
         return "use a value " + err["msg"].replace("Input should be ", "")
     return ""
