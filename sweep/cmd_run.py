@@ -2,8 +2,15 @@
 
 ``plan`` expands and validates a sweep spec and shows its axes and a few runs. ``run`` executes
 the runs not yet in DIR (on Ray by default) and appends them to DIR's Parquet dataset; running
-the same command again resumes. Exit status: 0 when every run of this invocation is ok or
-infeasible, 1 when some failed (their rows hold the error), 2 for bad input, 130 when interrupted.
+the same command again resumes, after checking every part DIR holds (damaged ones are moved to
+DIR/_quarantine/ and their runs done again; see :mod:`sweep.store`).
+
+All input is checked before any work: the spec, every run's config, the traces they replay, and
+the number of runs (``--max-runs``). Exit status: 0 when every run of this invocation is ok or
+infeasible; 1 when some failed (their rows hold the error; timeouts start ``timeout:``); 2 for bad
+input or an output location that cannot be written, with nothing run; 3 when writing failed
+mid-sweep (disk full, say): what finished is saved in whole parts, rerun to resume; 130 when
+interrupted.
 """
 
 from __future__ import annotations
@@ -24,15 +31,35 @@ from sweep.progress import Progress
 from sweep.spec import Plan, SweepSpec
 
 if TYPE_CHECKING:
-    from sweep.executors import Outcome
-    from sweep.store import Dataset, RunsWriter
+    from sweep.executors import Outcome, Task
+    from sweep.store import Dataset, OutputError, RunsWriter
 
 DEFAULT_OUT = "results/{name}"
+DEFAULT_MAX_RUNS = 1_000_000
+EXIT_OUTPUT = 3
 
 
-def _load(path: str) -> Plan:
-    spec = SweepSpec.load(path)
-    return spec.expand(source=path)
+def _load(path: str, max_runs: int = DEFAULT_MAX_RUNS) -> Plan:
+    """Validate everything about the input before any work; bad input is a :class:`ConfigError`."""
+    from simcore.errors import ConfigError
+    from sweep.spec import check_traces
+
+    try:
+        spec = SweepSpec.load(path, max_runs=max_runs)
+        count = spec.count()
+        if count > max_runs:
+            sizes = " x ".join(str(len(axis.values)) for axis in spec.axes())
+            raise ConfigError(f"{path}: the sweep expands to {count:,} runs ({sizes}), more than --max-runs"
+                              f" {max_runs:,}: shrink the grid or raise --max-runs")
+        plan = spec.expand(source=path)
+        check_traces(plan)
+    except ConfigError:
+        raise
+    except Exception as exc:  # never a traceback for bad input
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise ConfigError(f"{path}: cannot use this spec ({text}); if the spec looks right, this is a"
+                          " kvsweep bug: please report it") from None
+    return plan
 
 
 def _positive(text: str) -> int:
@@ -45,6 +72,22 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (value > 0 and value < 10**9):
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds above 0")
+    return value
+
+
+def _add_max_runs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-runs", type=_positive, default=DEFAULT_MAX_RUNS, metavar="N",
+                        help="refuse a sweep of more runs than this, before any work"
+                             f" (default {DEFAULT_MAX_RUNS:,})")
+
+
 # ---- plan ------------------------------------------------------------------------------------
 
 
@@ -52,6 +95,7 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="sweep spec YAML (e.g. configs/sweeps/quickstart.yaml)")
     parser.add_argument("--examples", type=int, default=5, metavar="N", help="runs to show (default 5)")
     parser.add_argument("--out", metavar="DIR", help="also say how many runs DIR already holds")
+    _add_max_runs(parser)
 
 
 def _show(value: Any) -> str:
@@ -64,7 +108,7 @@ def _values_text(values: list[str], limit: int = 8) -> str:
 
 
 def main_plan(args: argparse.Namespace) -> int:
-    plan = _load(args.spec)
+    plan = _load(args.spec, args.max_runs)
     spec = plan.spec
     axes = spec.axes()
     about = f" - {spec.description}" if spec.description else ""
@@ -91,13 +135,16 @@ def main_plan(args: argparse.Namespace) -> int:
     if args.out:
         from sweep.store import Dataset
 
-        present = Dataset(args.out).existing()
+        found = Dataset(args.out).scan()
+        present = found.present
         counts = Counter(present[rid] for rid in plan.run_ids if rid in present)
         have = sum(counts.values())
         print(
             f"in {args.out}: {have} present (ok {counts['ok']}, infeasible {counts['infeasible']},"
             f" failed {counts['failed']}), {len(plan) - have} to do"
         )
+        for path, why in found.damaged:
+            print(f"  damaged: {path} ({why}): `kvsweep run` moves it aside and does its runs again")
     return 0
 
 
@@ -123,7 +170,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-in-flight", type=_positive, metavar="N",
                         help="Ray tasks out at a time (default: 2 x cluster CPUs)")
     parser.add_argument("--max-retries", type=int, default=3, metavar="N",
-                        help="Ray retries of a task whose worker died (default 3)")
+                        help="times a run is sent again when its worker or node dies, once alone in"
+                             " its task (default 3); then it is a failed row")
+    parser.add_argument("--run-timeout", type=_seconds, metavar="SECONDS",
+                        help="stop a run after this much wall time and record it as failed"
+                             " (error `timeout: ...`); the sweep goes on (default: no limit)")
+    _add_max_runs(parser)
     parser.add_argument("--save-requests", action="store_true",
                         help="also write every request of every run under DIR/requests/")
     parser.add_argument("--retry-failed", action="store_true", help="run again the runs DIR holds as failed")
@@ -138,56 +190,74 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main_run(args: argparse.Namespace) -> int:
-    from sweep.executors import FAULTS_ENV, Task, make_executor, parse_faults
-    from sweep.progress import format_duration
-    from sweep.store import Dataset, row_head, runs_schema
+    from sweep.executors import FAULTS_ENV, make_executor, parse_faults
+    from sweep.store import Dataset, runs_schema
 
     started = time.monotonic()
-    plan = _load(args.spec)
-    spec = plan.spec
-    out = args.out or DEFAULT_OUT.format(name=spec.name)
+    plan = _load(args.spec, args.max_runs)
+    faults = parse_faults(os.environ.get(FAULTS_ENV))
+    out = args.out or DEFAULT_OUT.format(name=plan.spec.name)
     dataset = Dataset(out)
     schema = runs_schema(plan.axis_types)
-    resumed = dataset.prepare(spec.name, spec.to_yaml(), schema, __version__)
-    dropped = dataset.drop_failed() if resumed and args.retry_failed else 0
-    present = dataset.existing() if resumed else {}
-    todo = [i for i, run_id in enumerate(plan.run_ids) if run_id not in present]
-    skipped = len(plan) - len(todo)
-    note = f", {dropped} failed rows dropped to retry" if dropped else ""
-    print(f"kvsweep run: sweep {spec.name}: {len(plan)} runs, {skipped} already in {out}{note},"
-          f" {len(todo)} to do", file=sys.stderr)
-    if not todo:
-        print(f"kvsweep run: nothing to do: {out} holds every run of {args.spec}", file=sys.stderr)
-        return 0
+    with dataset.lock():
+        dataset.prepare(plan.spec.name, plan.spec.to_yaml(), schema, __version__)
+        found = dataset.scan(schema)
+        for warning in dataset.repair(found):
+            print(f"kvsweep run: warning: {warning}", file=sys.stderr)
+        dropped = dataset.drop_failed() if args.retry_failed else 0
+        present = {k: v for k, v in found.present.items() if not (dropped and v == "failed")}
+        todo = [i for i, run_id in enumerate(plan.run_ids) if run_id not in present]
+        skipped = len(plan) - len(todo)
+        note = f", {dropped} failed rows dropped to retry" if dropped else ""
+        print(f"kvsweep run: sweep {plan.spec.name}: {len(plan)} runs, {skipped} already in {out}{note},"
+              f" {len(todo)} to do", file=sys.stderr)
+        if not todo:
+            print(f"kvsweep run: nothing to do: {out} holds every run of {args.spec}", file=sys.stderr)
+            return 0
+        options: dict[str, Any] = {"save_requests": args.save_requests, "faults": faults,
+                                   "run_timeout": args.run_timeout}
+        if args.executor == "ray":
+            options.update(
+                address=args.address, num_cpus=args.num_cpus, runs_per_task=args.runs_per_task,
+                max_in_flight=args.max_in_flight, max_retries=args.max_retries, ship_code=args.ship_code,
+            )
+        with make_executor(args.executor, **options) as executor:
+            print(f"kvsweep run: on {executor.describe()}", file=sys.stderr)
+            writer = dataset.writer(schema, part_rows=args.part_rows)
+            progress = Progress(len(todo), plan.spec.name, bar=args.progress)
+            stop = _drive(executor.run(_tasks(plan, todo), len(todo)), dataset, writer, progress)
+            lost, retried = executor.lost_tasks, executor.retried_runs
+    return _summary(args, out, started, progress, writer, skipped, stop, lost, retried)
 
-    def tasks() -> Iterator[Task]:
-        for index in todo:
-            run = plan.run_at(index)
-            yield Task(run.run_id, run.config_json, row_head(run, spec.name, __version__))
 
-    options: dict[str, Any] = {
-        "save_requests": args.save_requests,
-        "faults": parse_faults(os.environ.get(FAULTS_ENV)),
-    }
-    if args.executor == "ray":
-        options.update(
-            address=args.address, num_cpus=args.num_cpus, runs_per_task=args.runs_per_task,
-            max_in_flight=args.max_in_flight, max_retries=args.max_retries, ship_code=args.ship_code,
-        )
-    with make_executor(args.executor, **options) as executor:
-        print(f"kvsweep run: on {executor.describe()}", file=sys.stderr)
-        writer = dataset.writer(schema, part_rows=args.part_rows)
-        progress = Progress(len(todo), spec.name, bar=args.progress)
-        interrupted = _drive(executor.run(tasks(), len(todo)), dataset, writer, progress)
+def _tasks(plan: Plan, todo: list[int]) -> Iterator[Task]:
+    from sweep.executors import Task
+    from sweep.store import row_head
+
+    for index in todo:
+        run = plan.run_at(index)
+        yield Task(run.run_id, run.config_json, row_head(run, plan.spec.name, __version__))
+
+
+def _summary(args: argparse.Namespace, out: str, started: float, progress: Progress, writer: RunsWriter,
+             skipped: int, stop: OutputError | bool, lost: int, retried: int) -> int:
+    """Print how the sweep ended; return the exit status (or raise KeyboardInterrupt: 130)."""
+    from sweep.progress import format_duration
 
     elapsed = format_duration(time.monotonic() - started)
+    how = "interrupted after" if stop is True else "stopped after" if stop else "done:"
+    saved = f"{writer.rows_written} saved" if stop else f"{writer.parts_written} new parts"
+    survived = f"; {lost} tasks lost with their worker or node, {retried} runs sent again" if lost else ""
     print(
-        f"kvsweep run: {'interrupted after' if interrupted else 'done:'} {progress.done} runs in {elapsed}"
-        f" ({progress.status_text()}); {skipped} were already there -> {out}"
-        f" (runs/: {writer.parts_written} new parts)",
+        f"kvsweep run: {how} {progress.done} runs in {elapsed} ({progress.status_text()}){survived};"
+        f" {skipped} were already there -> {out} (runs/: {saved})",
         file=sys.stderr,
     )
-    if interrupted:
+    if isinstance(stop, Exception):
+        print(f"kvsweep run: error: {stop}; finished runs are saved in whole parts: fix that and rerun the"
+              " same command to resume", file=sys.stderr)
+        return EXIT_OUTPUT
+    if stop:
         print("kvsweep run: rerun the same command to resume", file=sys.stderr)
         raise KeyboardInterrupt
     failed = progress.counts["failed"]
@@ -200,25 +270,35 @@ def main_run(args: argparse.Namespace) -> int:
 
 def _drive(
     outcomes: Generator[Outcome, None, None], dataset: Dataset, writer: RunsWriter, progress: Progress
-) -> bool:
+) -> OutputError | bool:
     """Store outcomes as they come. Ctrl-C (or SIGTERM) stops it with whatever finished written
-    as whole parts; returns whether it was interrupted."""
+    as whole parts; returns True when interrupted, the :class:`OutputError` when DIR could not be
+    written (the sweep stops: every further run would be lost too), else False."""
+    from sweep.store import OutputError
+
     previous = _install(signal.SIGTERM, _sigterm_as_interrupt)  # after ray.init, which sets its own
+    stop: OutputError | bool = False
     try:
         for outcome in outcomes:
             if outcome.requests is not None:
                 dataset.write_requests(outcome.row["run_id"], outcome.requests)
-            writer.add(outcome.row)
-            progress.update(outcome.status)
-        return False
+            stored = writer.add(outcome.row)
+            progress.update(str(stored["status"]))
     except KeyboardInterrupt:
-        return True
+        stop = True
+    except OutputError as exc:
+        stop = exc
     finally:
         outcomes.close()  # stops submitting; Ray ends what is still out
-        writer.flush()  # finished runs become one more whole part
+        if not isinstance(stop, Exception):
+            try:
+                writer.flush()  # finished runs become one more whole part
+            except OutputError as exc:
+                stop = exc
         progress.close()
         if previous is not _NOT_SET:
             _install(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    return stop
 
 
 _NOT_SET = object()

@@ -5,14 +5,23 @@
   default, an existing cluster with ``address`` (or ``RAY_ADDRESS``), the code shipped there as a
   runtime env. At most ``max_in_flight`` batches are out at a time, so the driver holds only those.
 
-Whatever happens to one run, the sweep goes on: an exception inside a simulation becomes a
-``failed`` row (in :func:`run_one`); a worker that dies is retried by Ray (``max_retries``), then
-its batch is split into one-run tasks that are tried again, and a run whose worker still dies
-becomes a ``failed`` row.
+Whatever happens to one run, the sweep goes on, and every task yields exactly one outcome:
 
-Test hook: ``KVSWEEP_TEST_FAULTS="raise:<run_id>,exit:<run_id>"`` (read by the driver, shipped
-with every batch) makes those runs raise inside the simulation, or kill their worker process with
-``os._exit`` (the serial executor raises instead, since the worker is the driver).
+* an exception inside a simulation becomes a ``failed`` row (in :func:`run_one`);
+* a run past its wall-time limit (``run_timeout``, ``--run-timeout``) is stopped and becomes a
+  ``failed`` row whose error starts ``timeout:``. The simulation checks the limit itself
+  (``simulate(cfg, wall_limit_s)``); a SIGALRM backstop, a little later, stops a run stuck
+  outside the engine loop (Ray runs tasks on its workers' main thread, where signals work);
+* a task whose worker process or node dies (SIGKILL, OOM killer, node lost) is retried by the
+  driver, not by Ray, so it knows: a batch of several runs is split in halves and both are
+  sent again (a crash that one run causes is cornered in log2(batch) steps, a random kill costs
+  one resend); a one-run task is tried ``max_retries`` more times, then becomes a ``failed`` row
+  ``worker died: ...``. ``lost_tasks`` and ``retried_runs`` count what was resent.
+
+Test hook: ``KVSWEEP_TEST_FAULTS="raise:<run_id>,exit:<run_id>,hang:<run_id>"`` (read by the
+driver, shipped with every batch) makes those runs raise inside the simulation, kill their worker
+process with ``os._exit`` (the serial executor raises instead, since the worker is the driver), or
+sleep for ever outside the engine (where only the backstop stops them).
 """
 
 from __future__ import annotations
@@ -21,23 +30,29 @@ import logging
 import math
 import os
 import re
+import signal
+import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pyarrow as pa
 
 from simcore.api import simulate
 from simcore.config import SimConfig
+from simcore.engine import SimulationTimeout
 from simcore.errors import ConfigError
 from simcore.metrics import empty_summary
 
 FAULTS_ENV = "KVSWEEP_TEST_FAULTS"
+_FAULT_KINDS = ("raise", "exit", "hang")
 _ERROR_CHARS = 2000
 
 
@@ -90,10 +105,49 @@ def parse_faults(text: str | None) -> dict[str, str]:
     faults: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in (text or "").split(","))):
         kind, _, run_id = item.partition(":")
-        if kind not in ("raise", "exit") or not run_id:
-            raise ConfigError(f"{FAULTS_ENV}: {item!r} is not raise:<run_id> or exit:<run_id>")
+        if kind not in _FAULT_KINDS or not run_id:
+            raise ConfigError(f"{FAULTS_ENV}: {item!r} is not raise:<run_id> or exit:<run_id>"
+                              " (or hang:<run_id>)")
         faults[run_id] = kind
     return faults
+
+
+class RunTimeout(Exception):
+    """Raised by the SIGALRM backstop in a run past its limit (not a RuntimeError, so that no
+    ``except RuntimeError`` in the simulation swallows it)."""
+
+
+def _backstop_after(timeout_s: float) -> float:
+    """When the backstop fires: the simulation's own check comes first, within a few hundred
+    engine iterations; a second or 10% more is ample for that."""
+    return timeout_s * 1.1 + 1.0
+
+
+@contextmanager
+def _backstop(timeout_s: float | None) -> Iterator[None]:
+    """Raise :class:`RunTimeout` in this thread once ``timeout_s`` (plus grace) has passed.
+
+    Only on the main thread of a Unix process (Ray workers run tasks there); elsewhere a no-op,
+    leaving the simulation's own check."""
+    usable = (timeout_s is not None and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+    assert timeout_s is not None
+    after = _backstop_after(timeout_s)
+
+    def fire(signum: int, frame: FrameType | None) -> None:
+        raise RunTimeout(f"run exceeded --run-timeout {timeout_s:g} s: stopped after {after:.3g} s"
+                         " outside the engine loop")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, after)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -107,33 +161,44 @@ def _one_line(exc: BaseException) -> str:
 
 
 def run_one(run_id: str, config_json: str, *, save_requests: bool, faults: dict[str, str],
-            in_worker: bool) -> Result:
-    """Simulate one run. Never raises (a ``KeyboardInterrupt`` aside): errors become failed results."""
+            in_worker: bool, timeout_s: float | None = None) -> Result:
+    """Simulate one run, within ``timeout_s`` seconds of wall time if given.
+
+    Never raises (a ``KeyboardInterrupt`` aside): errors, timeouts included, become failed results."""
     from sweep.store import requests_table  # pyarrow only where rows are built
 
     start = time.perf_counter()
     try:
-        fault = faults.get(run_id)
-        if fault == "exit" and in_worker:
-            os._exit(17)
-        if fault is not None:
-            raise RuntimeError(f"injected fault ({fault}) for run {run_id}")
-        cfg = SimConfig.model_validate_json(config_json)
-        if save_requests and not cfg.run.record_requests:
-            cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"record_requests": True})})
-        result = simulate(cfg)
-        requests = requests_table(result.requests) if result.requests is not None else None
+        with _backstop(timeout_s):
+            fault = faults.get(run_id)
+            if fault == "exit" and in_worker:
+                os._exit(17)
+            if fault == "hang":
+                while True:
+                    time.sleep(0.05)
+            if fault is not None:
+                raise RuntimeError(f"injected fault ({fault}) for run {run_id}")
+            cfg = SimConfig.model_validate_json(config_json)
+            if save_requests and not cfg.run.record_requests:
+                cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"record_requests": True})})
+            result = simulate(cfg, wall_limit_s=timeout_s)
+            requests = requests_table(result.requests) if result.requests is not None else None
         return Result(result.status, result.error, result.summary, requests, time.perf_counter() - start)
+    except (SimulationTimeout, RunTimeout) as exc:
+        error = f"timeout: {' '.join(str(exc).split())}"[:_ERROR_CHARS]
+        return Result("failed", error, empty_summary(), None, time.perf_counter() - start)
     except Exception as exc:  # one run's bug must not end the sweep
         return Result("failed", _one_line(exc), empty_summary(), None, time.perf_counter() - start)
 
 
 def run_batch(
-    jobs: list[tuple[str, str]], save_requests: bool, faults: dict[str, str], in_worker: bool
+    jobs: list[tuple[str, str]], save_requests: bool, faults: dict[str, str], in_worker: bool,
+    timeout_s: float | None = None,
 ) -> list[Result]:
     """The body of one Ray task: several ``(run_id, config_json)``, so the task overhead is paid once."""
     return [
-        run_one(run_id, config, save_requests=save_requests, faults=faults, in_worker=in_worker)
+        run_one(run_id, config, save_requests=save_requests, faults=faults, in_worker=in_worker,
+                timeout_s=timeout_s)
         for run_id, config in jobs
     ]
 
@@ -143,10 +208,14 @@ class SerialExecutor:
 
     name = "serial"
 
-    def __init__(self, *, save_requests: bool = False, faults: dict[str, str] | None = None) -> None:
+    def __init__(self, *, save_requests: bool = False, faults: dict[str, str] | None = None,
+                 run_timeout: float | None = None) -> None:
         self.save_requests = save_requests
         self.faults = faults or {}
+        self.run_timeout = run_timeout
         self.workers = 1
+        self.lost_tasks = 0
+        self.retried_runs = 0
 
     def __enter__(self) -> SerialExecutor:
         return self
@@ -160,7 +229,7 @@ class SerialExecutor:
     def run(self, tasks: Iterator[Task], total: int) -> Generator[Outcome, None, None]:
         for task in tasks:
             result = run_one(task.run_id, task.config_json, save_requests=self.save_requests,
-                             faults=self.faults, in_worker=False)
+                             faults=self.faults, in_worker=False, timeout_s=self.run_timeout)
             yield finish(task, result)
 
 
@@ -221,6 +290,7 @@ class RayExecutor:
         ship_code: str = "auto",
         save_requests: bool = False,
         faults: dict[str, str] | None = None,
+        run_timeout: float | None = None,
     ) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.num_cpus = num_cpus
@@ -230,7 +300,10 @@ class RayExecutor:
         self.ship = ship_code == "always" or (ship_code == "auto" and self.address is not None)
         self.save_requests = save_requests
         self.faults = faults or {}
+        self.run_timeout = run_timeout
         self.workers = 1
+        self.lost_tasks = 0  # tasks whose worker or node died
+        self.retried_runs = 0  # runs sent again because of that
         self._owned = False
         self._remote: Any = None
         self._checked_at = 0.0
@@ -249,9 +322,9 @@ class RayExecutor:
             except ConnectionError as exc:
                 raise ConfigError(f"--address {self.address}: no Ray cluster there ({exc})") from None
             self._owned = True
-        self._remote = ray.remote(run_batch).options(
-            num_cpus=1, max_retries=self.max_retries, retry_exceptions=False
-        )
+        # Ray does not retry (max_retries=0): the driver does, so that it can split the batch and
+        # count what was lost (see the module docstring).
+        self._remote = ray.remote(run_batch).options(num_cpus=1, max_retries=0, retry_exceptions=False)
         self._refresh_workers(force=True)
         return self
 
@@ -288,8 +361,8 @@ class RayExecutor:
         import ray
         from ray.exceptions import RayError, RayTaskError, RuntimeEnvSetupError
 
-        pending: dict[Any, list[Task]] = {}
-        retry: deque[list[Task]] = deque()  # one-run batches split off a batch whose worker died
+        pending: dict[Any, tuple[list[Task], int]] = {}  # ref -> (batch, tries of a one-run batch)
+        retry: deque[tuple[list[Task], int]] = deque()  # batches whose worker died, to send again
         remaining = total
         source = iter(tasks)
         while True:
@@ -297,30 +370,38 @@ class RayExecutor:
             limit = self.max_in_flight or 2 * self.workers
             while len(pending) < limit:
                 if retry:
-                    batch = retry.popleft()
+                    batch, tries = retry.popleft()
                 else:
-                    batch = list(islice(source, self.sizer.size(remaining, self.workers)))
+                    batch, tries = list(islice(source, self.sizer.size(remaining, self.workers))), 0
                     remaining -= len(batch)
                     if not batch:
                         break
                 jobs = [(task.run_id, task.config_json) for task in batch]
-                ref = self._remote.remote(jobs, self.save_requests, self.faults, True)
-                pending[ref] = batch
+                ref = self._remote.remote(jobs, self.save_requests, self.faults, True, self.run_timeout)
+                pending[ref] = (batch, tries)
             if not pending:
                 return
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                batch = pending.pop(ref)
+                batch, tries = pending.pop(ref)
                 try:
                     results: list[Result] = ray.get(ref)
                 except (RayTaskError, RuntimeEnvSetupError) as exc:
                     raise _task_error(exc) from None
-                except RayError as exc:  # the worker (or its node) died, Ray's retries used up
+                except RayError as exc:  # the worker or its node died: nothing of the batch is kept
+                    self.lost_tasks += 1
                     if len(batch) > 1:
-                        retry.extend([task] for task in batch)
+                        half = len(batch) // 2
+                        retry.extend([(batch[:half], 0), (batch[half:], 0)])
+                    elif tries < self.max_retries:
+                        retry.append((batch, tries + 1))
+                    else:
+                        reason = " ".join(str(exc).split())[:300]
+                        tried = f"{tries + 1} tries with this run alone in its task"
+                        error = f"worker died: {type(exc).__name__}: {reason} ({tried})"
+                        yield failed_outcome(batch[0], error)
                         continue
-                    reason = " ".join(str(exc).split())[:300]
-                    yield failed_outcome(batch[0], f"worker died: {type(exc).__name__}: {reason}")
+                    self.retried_runs += len(batch)
                     continue
                 self.sizer.observe(results)
                 for task, result in zip(batch, results, strict=True):
@@ -355,5 +436,6 @@ def runtime_env() -> dict[str, Any]:
 
 def make_executor(kind: str, **options: Any) -> SerialExecutor | RayExecutor:
     if kind == "serial":
-        return SerialExecutor(save_requests=options.get("save_requests", False), faults=options.get("faults"))
+        return SerialExecutor(save_requests=options.get("save_requests", False), faults=options.get("faults"),
+                              run_timeout=options.get("run_timeout"))
     return RayExecutor(**options)

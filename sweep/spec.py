@@ -22,24 +22,37 @@ dict (shorter paths first, so ``gpu`` then ``gpu.memory_gib``; a catalog name me
 ``run_id`` is the first 16 hex digits of the SHA-256 of the validated config's canonical JSON,
 so it does not depend on key order, axis order or how a value was spelled.
 
-Every error raised here is a :class:`ConfigError` naming the file, the axis and the value.
+Every error raised here is a :class:`ConfigError` naming the file, the axis and the value. Beyond
+what :class:`SimConfig` checks, a sweep refuses what its dataset could not hold or a worker could
+not run: integers beyond int64, numbers that are not finite, negative seeds, and (with
+``max_runs``) more runs than asked for, refused before any run is built. :func:`check_traces`
+reads the traces the runs replay, so a bad trace line is refused before any work too.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from simcore.config import SimConfig
+from simcore.config import SimConfig, TraceWorkload
 from simcore.errors import ConfigError, format_validation_error
 
 SEED_PATH = "run.seed"
@@ -47,6 +60,11 @@ SEED_PATH = "run.seed"
 _CATALOG_PATHS = ("model", "gpu")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# Integer columns are int64; numpy seeds must be non-negative.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+_NOT_DIGITS = str.maketrans({chr(c): " " for c in range(128) if not chr(c).isdigit()})
+# A seed count beyond this is refused even without --max-runs: the list would not fit in memory.
+MAX_SEED_COUNT = 10**7
 
 
 def canonical_json(cfg: SimConfig) -> str:
@@ -79,11 +97,25 @@ class SweepSpec(BaseModel):
 
     @field_validator("seeds", mode="before")
     @classmethod
-    def _seed_count(cls, value: Any) -> Any:
+    def _seed_count(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             if value < 1:
                 raise ValueError("a seed count must be at least 1")
+            max_runs = (info.context or {}).get("max_runs")
+            if max_runs is not None and value > max_runs:
+                raise ValueError(f"{value:,} seeds alone are more runs than --max-runs {max_runs:,}:"
+                                 " give fewer seeds or raise --max-runs")
+            if value > MAX_SEED_COUNT:
+                raise ValueError(f"{value:,} seeds are too many: give at most {MAX_SEED_COUNT:,}")
             return list(range(value))
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_range(cls, value: list[int] | None) -> list[int] | None:
+        for seed in value or []:
+            if not 0 <= seed <= _INT_MAX:
+                raise ValueError(f"seed {seed} is out of range: seeds must be in [0, 2**63)")
         return value
 
     @model_validator(mode="after")
@@ -117,24 +149,30 @@ class SweepSpec(BaseModel):
                     raise ValueError(f"seeds list {seed} twice: list each seed once")
                 known.add(seed)
         for axis in self.axes()[: len(self.grid) + len(self.zip)]:
-            for i, value in enumerate(axis.values):
-                if any(_same(v, value) for v in axis.values[:i]):
-                    shown = value[0] if len(value) == 1 else value
+            buckets: dict[Any, list[tuple[Any, ...]]] = {}  # by _bucket: linear, not quadratic
+            for value in axis.values:
+                bucket = buckets.setdefault(_bucket(value), [])
+                if any(_same(v, value) for v in bucket):
+                    twice = value[0] if len(value) == 1 else value
                     names = ", ".join(axis.paths)
-                    raise ValueError(f"{axis.where} axis {names} lists {shown!r} twice: keep one")
+                    raise ValueError(f"{axis.where} axis {names} lists {twice!r} twice: keep one")
+                bucket.append(value)
         return self
 
     # ---- loading ---------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | Path) -> SweepSpec:
-        """Read a spec file; ``base`` may name a run YAML relative to the spec's folder."""
+    def load(cls, path: str | Path, max_runs: int | None = None) -> SweepSpec:
+        """Read a spec file; ``base`` may name a run YAML relative to the spec's folder.
+
+        ``max_runs`` refuses a seed count above it before the seed list is built (the whole
+        count is checked by the caller, with :meth:`count`, before :meth:`expand`)."""
         path = Path(path)
         data = read_yaml(path, "sweep spec")
         if isinstance(data.get("base"), str):
             data["base"] = read_yaml(path.parent / data["base"], "base run config")
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, context={"max_runs": max_runs})
         except ValidationError as exc:
             first = exc.errors()[0]
             if not first["loc"]:  # a whole-spec check (_check_axes) says which axis itself
@@ -170,8 +208,13 @@ class SweepSpec(BaseModel):
         run_ids: list[str] = []
         seen: dict[str, int] = {}
         kinds: dict[str, set[str]] = {col: set() for col in expander.columns}
+        traces: set[tuple[str, str, float, int | None]] = set()
         for index in range(expander.count):
             run = expander.run_at(index)
+            expander.check_numbers(run, index)
+            workload = run.config.workload
+            if isinstance(workload, TraceWorkload):
+                traces.add((workload.path, workload.format, workload.time_scale, workload.limit))
             if run.run_id in seen:
                 other = expander.describe(seen[run.run_id])
                 raise ConfigError(
@@ -183,7 +226,7 @@ class SweepSpec(BaseModel):
             for col, value in run.axis_values.items():
                 kinds[col].add(_kind(value))
         types = {col: _column_type(k) for col, k in kinds.items()}
-        return Plan(self, source, run_ids, types, expander)
+        return Plan(self, source, run_ids, types, expander, traces)
 
 
 @dataclass(frozen=True)
@@ -220,6 +263,7 @@ class Plan:
     run_ids: list[str]  # in index order
     axis_types: dict[str, str]  # axis column -> "int" | "float" | "str" | "bool"
     _expander: _Expander
+    traces: set[tuple[str, str, float, int | None]] = field(default_factory=set)  # see check_traces
 
     def __len__(self) -> int:
         return len(self.run_ids)
@@ -293,6 +337,30 @@ class _Expander:
                     values[path] = value if types is None else coerce(value, types[path])
         return RunSpec(index, run_id_of(config_json), cfg, config_json, values)
 
+    def check_numbers(self, run: RunSpec, index: int) -> None:
+        """Refuse what a run's row or its simulation cannot take: integers beyond int64 (the
+        columns' type), numbers that are not finite, a negative seed (numpy's rule)."""
+        text = run.config_json
+        # A quick look at the JSON text first (15 us; a walk of the parsed JSON costs 100 us a
+        # run): "Infinity", "NaN", or a run of 19 digits (2**63 has 19; a float's JSON has <= 17).
+        longest = max(map(len, text.translate(_NOT_DIGITS).split()), default=0)
+        if not (run.seed < 0 or "Infinity" in text or "NaN" in text or longest >= 19):
+            return
+        bad = _bad_number(json.loads(text), ())
+        if bad is None:
+            return
+        loc, value, why = bad
+        dotted = ".".join(loc)
+        pos = self.positions(index)
+        for a, axis in enumerate(self.axes):
+            for j, path in enumerate(axis.paths):
+                if _related(path.split("."), list(loc)):
+                    shown = axis.values[pos[a]][j]
+                    raise ConfigError(f"{self.source}: {axis.where} axis {path} = {shown!r}:"
+                                      f" {dotted} = {value!r}: {why}")
+        where = "base" if not self.axes else f"base (run {self._describe(pos, {})})"
+        raise ConfigError(f"{self.source}: {where}: {dotted} = {value!r}: {why}")
+
     def _where(self, a: int, path: str) -> str:
         return f"{self.source}: {self.axes[a].where} axis {path}"
 
@@ -312,19 +380,92 @@ class _Expander:
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
     """A YAML mapping from ``path``; any problem is a one-line :class:`ConfigError`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: {_not_utf8(raw, exc)}: save the {what} as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
+        position = getattr(exc, "position", None)  # a ReaderError: a character YAML does not allow
+        if mark is None and isinstance(position, int):
+            at = f" at line {text.count(chr(10), 0, position) + 1}"
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{at}: {' '.join(str(problem).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the {what} is nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the {what} must be a YAML mapping, got {type(data).__name__}")
     return data
+
+
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
+    """``not UTF-8 text: byte 0xff at line 3, column 7``."""
+    line = raw.count(b"\n", 0, exc.start) + 1
+    column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+    return f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line}, column {column}"
+
+
+def check_traces(plan: Plan) -> None:
+    """Read every trace the runs replay (once each, as the runs will), so that a missing file or
+    a bad line is a :class:`ConfigError` naming the file and line before any run starts."""
+    from simcore.traces import load_trace
+
+    for path, fmt, scale, limit in sorted(plan.traces, key=str):
+        where = f"{plan.source}: workload.path {path}"
+        try:
+            load_trace(path, fmt, scale, limit)
+        except ConfigError as exc:  # it names the file and line already
+            raise ConfigError(f"{plan.source}: workload.path: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raw = Path(path).read_bytes()
+            raise ConfigError(f"{where}: {_not_utf8(raw, exc)}: save the trace as UTF-8") from None
+        except csv.Error as exc:
+            raw = Path(path).read_bytes()
+            line = raw.count(b"\n", 0, raw.find(b"\0")) + 1 if b"\0" in raw else None
+            at = f" at line {line}" if line else ""
+            raise ConfigError(f"{where}: malformed CSV{at}: {' '.join(str(exc).split())}") from None
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read the trace: {exc.strerror or exc}") from None
+
+
+def _bad_number(node: Any, loc: tuple[str, ...]) -> tuple[tuple[str, ...], Any, str] | None:
+    """The first (location, value, why) in a config's JSON that a run cannot take, or None."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            bad = _bad_number(value, (*loc, str(key)))
+            if bad is not None:
+                return bad
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            bad = _bad_number(value, (*loc, str(i)))
+            if bad is not None:
+                return bad
+    elif isinstance(node, bool):
+        return None
+    elif isinstance(node, int):
+        if not _INT_MIN <= node <= _INT_MAX:
+            return loc, node, "too large: integers must fit in 64 bits"
+        if loc == tuple(SEED_PATH.split(".")) and node < 0:
+            return loc, node, "seeds must be >= 0"
+    elif isinstance(node, float) and not math.isfinite(node):
+        return loc, node, "must be a finite number"
+    return None
+
+
+def _bucket(value: tuple[Any, ...]) -> Any:
+    """A hashable stand-in under which :func:`_same` values always fall together."""
+    key = tuple((type(v), v) for v in value)
+    try:
+        hash(key)
+    except TypeError:  # a mapping or list value: compare by type and size
+        return tuple((type(v), len(v) if hasattr(v, "__len__") else 0) for v in value)
+    return key
 
 
 def _same(a: Any, b: Any) -> bool:
