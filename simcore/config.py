@@ -23,7 +23,7 @@ from pydantic import (
 from simcore import catalog
 from simcore.dists import Constant, Dist, LogNormal, coerce_dist
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def _from_catalog(value: Any, table: dict[str, dict[str, Any]], what: str) -> Any:
@@ -171,7 +171,7 @@ class ChatWorkload(Profile):
     """Closed loop: ``users`` concurrent users, each running sessions back to back."""
 
     kind: Literal["chat"] = "chat"
-    users: PositiveInt = 64
+    users: PositiveInt = Field(default=64, le=1_000_000, description="concurrent users (SimPy processes)")
 
 
 class PoissonWorkload(Profile):
@@ -217,7 +217,7 @@ class MixWorkload(BaseModel):
 
     model_config = _FROZEN
     kind: Literal["mix"] = "mix"
-    users: PositiveInt | None = None
+    users: PositiveInt | None = Field(default=None, le=1_000_000)
     session_rate: PositiveFloat | None = None
     profiles: list[WeightedProfile] = Field(min_length=1)
 
@@ -251,8 +251,8 @@ class RunConfig(BaseModel):
     ``duration_s``, whichever comes first; requests in flight then drain to completion."""
 
     model_config = _FROZEN
-    seed: int = 0
-    num_requests: PositiveInt | None = 2000
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    num_requests: PositiveInt | None = Field(default=2000, le=10**9)
     duration_s: PositiveFloat | None = None
     warmup_s: NonNegativeFloat = Field(
         default=0.0, description="requests arriving earlier are left out of latency figures"

@@ -18,7 +18,7 @@ _TINY = 5e-324  # strictly positive draws (lognormal, exponential) have this low
 
 
 class _Dist(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     min: float | None = Field(default=None, description="clip draws below this value")
     max: float | None = Field(default=None, description="clip draws above this value")
 

@@ -39,16 +39,32 @@ def _fix(err: ErrorDetails) -> str:
         return "add it"
     if kind == "union_tag_invalid":
         return "set kind to one of " + str((err.get("ctx") or {}).get("expected_tags", ""))
-    if kind.startswith(("greater", "less")):
-        return "use a value " + err["msg"].replace("Input should be ", "")
+    if kind.startswith("greater"):
+        return "raise it"
+    if kind.startswith("less"):
+        return "lower it"
     return ""
+
+
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _message(err: ErrorDetails) -> str:
+    ctx = err.get("ctx") or {}
+    for key, op in _BOUNDS.items():
+        if key in ctx and err["type"].startswith(("greater", "less")):
+            bound = ctx[key]
+            return f"must be {op} {bound if isinstance(bound, int) else format(bound, 'g')}"
+    if err["type"] == "finite_number":
+        return "must be a finite number"
+    return err["msg"].removeprefix("Value error, ")
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "", source: str = "") -> str:
     """Collapse pydantic's report into one line naming each bad field, its value and a fix."""
     pieces = []
     for err in exc.errors():
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = _message(err)
         where = _path(err["loc"], prefix)
         fix = _fix(err)
         value = "" if err["type"] == "missing" else f" = {_short(err.get('input'))}"

@@ -98,12 +98,16 @@ def load_trace(
         raise ConfigError(f"time_scale = {time_scale!r}: must be a positive number (1.0 = as recorded)")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ConfigError(f"limit = {limit!r}: must be a positive integer or None (all requests)")
+    _check_text(p)
     if fmt == "auto":
         fmt = detect_format(p)
     if fmt == "mooncake":
         rows = list(_read_mooncake(p, limit))
     elif fmt == "azure":
-        rows = list(_read_azure(p, limit))
+        try:
+            rows = list(_read_azure(p, limit))
+        except csv.Error as exc:
+            raise ConfigError(f"{p}: not a readable CSV trace: {exc} (give an Azure .csv trace)") from None
     else:
         raise ConfigError(f"trace format = {fmt!r}: use one of auto, mooncake, azure")
     if not rows:
@@ -114,6 +118,20 @@ def load_trace(
 
 
 _Row = tuple[float, int, int, tuple[int, ...] | None]  # (arrival s, prompt, output, ids)
+
+
+def _check_text(path: Path) -> None:
+    """Reject a file that is not UTF-8 text, naming the line of the first bad byte."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        msg = f"byte {data[exc.start]:#04x} is not UTF-8 text (give a UTF-8 trace)"
+        raise _bad(path, line, msg) from None
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise _bad(path, line, "contains a NUL byte (give a text trace)")
 
 
 def _bad(path: Path, lineno: int, msg: str) -> ConfigError:

@@ -317,17 +317,18 @@ def write(tmp_path: Path, doc: dict[str, Any] | bytes, name: str = "spec.yaml") 
     ("change", "message"),
     [
         ({"grid": {"workload.users": [2, 10**30]}},
-         "grid axis workload.users = {big}: workload.users = {big}: too large: integers must fit in 64 bits"),
+         "grid axis workload.users = {big}: invalid config: workload.users = {big}: must be <= 1000000"
+         " (lower it)"),
         ({"base": {**BASE, "gpu": {"name": "A100-40GB", "memory_gib": float("inf")}}},
-         "base (run engine.kv_budget_gib=1 engine.max_num_batched_tokens=4096 seed=0): gpu.memory_gib = inf:"
-         " must be a finite number"),
+         "base (run engine.kv_budget_gib=1 engine.max_num_batched_tokens=4096 seed=0): invalid config:"
+         " gpu.memory_gib = inf: must be a finite number"),
         ({"seeds": [0, -1]}, "invalid config: seeds = [0, -1]: seed -1 is out of range: seeds must be in"
                              " [0, 2**63)"),
         ({"seeds": 10**12}, "invalid config: seeds = 1000000000000: 1,000,000,000,000 seeds alone are more"
                             " runs than --max-runs 1,000,000: give fewer seeds or raise --max-runs"),
         ({"seeds": None, "base": {**BASE, "run": {"num_requests": 20, "seed": -3}}},
-         "base (run engine.kv_budget_gib=1 engine.max_num_batched_tokens=4096): run.seed = -3: seeds must"
-         " be >= 0"),
+         "base (run engine.kv_budget_gib=1 engine.max_num_batched_tokens=4096): invalid config:"
+         " run.seed = -3: must be >= 0 (raise it)"),
     ],
 )
 def test_numbers_a_dataset_or_worker_cannot_take(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -204,7 +204,7 @@ def test_plan_runs_rebuild_the_same_runs() -> None:
         ("grid: {workload.users: 4}", r"spec.yaml: invalid config: grid.workload.users = 4: Input should be a"
                                       r" valid list"),
         ("grid: {workload.users: [4, 0]}",
-         r"grid axis workload.users = 0: invalid config: workload.users = 0: Input should be greater than 0"),
+         r"grid axis workload.users = 0: invalid config: workload.users = 0: must be > 0 \(raise it\)"),
         ("grid: {workload.users: [4, 4]}", r"grid axis workload.users lists 4 twice: keep one"),
         ("grid: {run.seed: [1, 2]}", r"grid axis run.seed: give seeds with the top-level `seeds:` key"),
         ("grid: {model: [Llama-9B]}", r"grid axis model = 'Llama-9B': invalid config: model = 'Llama-9B':"
