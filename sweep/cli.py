@@ -2,6 +2,10 @@
 
 Each command module exposes ``add_arguments(parser)`` and ``main(args) -> int``. Bad input is a
 :class:`simcore.errors.ConfigError`: printed as one line on stderr, exit code 2, no traceback.
+
+Exit codes: 0 done (every run ok or infeasible); 1 some run failed (or a single simulation was
+infeasible); 2 bad input or an unwritable output location, nothing run; 3 writing failed in the
+middle of a sweep (a full disk: finished runs are kept in whole parts); 130 interrupted.
 """
 
 from __future__ import annotations
