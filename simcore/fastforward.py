@@ -128,11 +128,8 @@ class FastScheduler(Scheduler):
         k_mem = bs * int(min(free, 1 << 40) // r)
         k_fin = self._finish_heap[0][0] - self.D + 1
         k_max = min(k_mem, k_fin)
-        cost = self.cost.step_time
-        c = self.counters
+        account = self._account
         block_events = self._block_events
-        phase = self._phase
-        used = self.pool.num_used()
         attn = self.sum_c0_minus_d0 + r * self.D + r  # sum of (computed + 1) over members
         t = now
         step = self.D
@@ -140,15 +137,7 @@ class FastScheduler(Scheduler):
         first_pending = self._first_pending
         while True:
             block_events(step)
-            used += len(phase[-step % bs])  # one new block per member starting a block
-            dt = cost(r, attn, attn, r)
-            c.steps += 1
-            c.busy_s += dt
-            c.batch_seq_s += r * dt
-            c.used_block_s += used * dt
-            if used > c.peak_used_blocks:
-                c.peak_used_blocks = used
-            t = t + dt
+            t = account(t, r, attn, attn, r)
             if first_pending:
                 for req in first_pending:
                     req.record.first_token_s = t

@@ -62,14 +62,7 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "kv_capacity_tokens",
     "kv_peak_util",
 )
-COMPARE_METRICS: tuple[str, ...] = (
-    "ttft_p50_s",
-    "ttft_p99_s",
-    "throughput_rps",
-    "output_tokens_per_s",
-    "prefill_tokens_computed",
-    "prefix_hit_rate",
-)
+COMPARE_METRICS: tuple[str, ...] = (*analysis.COMPARE_METRICS, "prefix_hit_rate")
 X_CANDIDATES: tuple[str, ...] = ("workload.users", "workload.session_rate", "workload.request_rate")
 # Memory axes in order of preference when the spec names several; gpu.name last because a GPU
 # changes speed as well as memory (and gpu.memory_gib follows it).
