@@ -66,7 +66,8 @@ class Engine:
         return self.env.timeout(delay)
 
     def submit(self, seq: TokenSeq, prompt: int, output: int, **ids: int) -> simpy.Event:
-        """Create and enqueue a request; the returned event fires when it completes or fails."""
+        """Create and enqueue a request; the returned event fires when it completes (value True)
+        or fails (value False)."""
         now = self.env.now
         req = Request(seq, prompt, output, rid=len(self.records), arrival_s=now,
                       warmup=now < self._warmup_s, **ids)
@@ -78,7 +79,7 @@ class Engine:
             req.record.status = "failed"
             req.record.error = reason
             req.record.finish_s = now
-            req.done.succeed()
+            req.done.succeed(False)
             return req.done
         self.scheduler.add(req)
         if self._wake is not None:
@@ -123,7 +124,7 @@ class Engine:
             self.counters.events += 1
             yield env.timeout(end - env.now)
             for req in finished:
-                req.done.succeed()
+                req.done.succeed(True)
 
     def run(self) -> None:
         self.env.run()

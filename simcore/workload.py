@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from simcore.engine import Engine
 
 _SYS_STRIDE = 2**20
+FAILURE_BACKOFF_S = 1.0  # a client whose request was refused waits this long before a new session
 
 
 def _mtime(path: str) -> float:
@@ -182,7 +183,12 @@ class Workload:
             seq.append(ids.next(), msg)
             prompt = seq.num_tokens
             seq.append(ids.next(), out)
-            yield engine.submit(seq, prompt, out, session_id=sid, turn=t, profile=k)
+            ok = yield engine.submit(seq, prompt, out, session_id=sid, turn=t, profile=k)
+            if not ok:
+                # the request failed (it can never fit): the conversation ends and the user backs
+                # off, so simulated time advances even with zero think time
+                yield engine.timeout(FAILURE_BACKOFF_S)
+                return True
             if thinks[t] > 0:
                 yield engine.timeout(float(thinks[t]))
         return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -166,3 +167,15 @@ def test_wall_time_limit_stops_a_runaway_run():
     cfg = small_cfg(workload={"kind": "chat", "users": 64}, run={"num_requests": 10**6})
     with pytest.raises(SimulationTimeout, match="wall-time limit of 0.2 s"):
         simulate(cfg, wall_limit_s=0.2)
+
+
+@pytest.mark.timeout(60)  # without the failure back-off this loops forever at one instant
+def test_duration_only_run_with_requests_that_never_fit_still_ends():
+    cfg = small_cfg(
+        engine={"block_size": 16, "kv_budget_gib": 0.01},  # 20 blocks: 320 tokens
+        workload={"kind": "chat", "users": 3, "system_prompt_tokens": 1000, "think_time_s": 0},
+        run={"num_requests": None, "duration_s": 5.0},
+    )
+    s = simulate(cfg).summary
+    assert s["num_requests"] == s["num_failed"] > 0
+    assert s["num_completed"] == 0
