@@ -32,6 +32,9 @@ class TokenSeq:
     # cursor: first token not yet covered by ``hashes`` sits in segment _seg at offset _off
     _seg: int = 0
     _off: int = 0
+    # a lookup hint, not content: the block ids this sequence's chain held when last released
+    # (the KV manager verifies them against the pool before use)
+    hint_blocks: list[int] | None = None
 
     def append(self, content_id: int, length: int) -> None:
         if length <= 0:

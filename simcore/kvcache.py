@@ -23,14 +23,16 @@ class KVCacheManager:
         self.pool = pool
         self.block_size = block_size
         self.caching = caching
-        self._hit = pool.longest_hit_bisect if bisect_lookup else pool.longest_hit
+        self.bisect_lookup = bisect_lookup
 
     def lookup(self, req: Request) -> list[int]:
         """Cached blocks of the longest leading hit, leaving at least the last token to compute."""
         if not self.caching:
             return []
         max_blocks = (req.num_tokens - 1) // self.block_size
-        return self._hit(req.seq.hashes, max_blocks)
+        if self.bisect_lookup:
+            return self.pool.longest_hit_bisect(req.seq.hashes, max_blocks, req.seq.hint_blocks)
+        return self.pool.longest_hit(req.seq.hashes, max_blocks)
 
     def admit(self, req: Request, hits: list[int], num_new: int) -> bool:
         """Give a waiting request its hit blocks plus room for ``num_new`` tokens; False if no room."""
@@ -76,5 +78,6 @@ class KVCacheManager:
     def free(self, req: Request) -> None:
         """Release a request's blocks deepest-first; hashed ones stay findable until evicted."""
         self.pool.free(req.blocks)
+        req.seq.hint_blocks = req.blocks
         req.blocks = []
         req.num_cached_blocks = 0
