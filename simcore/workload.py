@@ -155,7 +155,8 @@ class Workload:
         """
         k = 0 if len(self.profiles) == 1 else int(rng.choice(len(self.profiles), p=self.weights))
         prof = self.profiles[k]
-        turns = int(sample_tokens(prof.turns, rng, 1, 1 << 30)[0])
+        # every turn adds at least two tokens (message and reply), so no more turns than that fit
+        turns = int(sample_tokens(prof.turns, rng, 1, max(1, self.max_context // 2))[0])
         sys_k = int(rng.integers(prof.system_prompts))
         cap = self.max_context
         msgs = sample_tokens(prof.user_tokens, rng, turns, cap)

@@ -220,8 +220,8 @@ def test_mutated_run_configs_are_refused_by_run(tmp_path: Path, capsys: pytest.C
 @given(data=st.data())
 def test_mutated_run_configs_are_refused_by_simulate(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                      data: st.DataObject) -> None:
-    # Huge numbers and negative seeds are left out: `simulate` takes what simcore's SimConfig
-    # takes, and a config of 10**30 users is valid there (it would run for ever).
+    # Huge numbers are left out: `simulate` takes what simcore's SimConfig takes, and some huge
+    # values are valid there (a 10**30 GiB GPU, say) and only make a run long, not wrong.
     doc, names = data.draw(run_mutation(huge=False))
     raw, more = damage_text(data.draw, yaml.safe_dump(doc, sort_keys=False))
     names = more or names

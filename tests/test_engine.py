@@ -179,3 +179,17 @@ def test_duration_only_run_with_requests_that_never_fit_still_ends():
     s = simulate(cfg).summary
     assert s["num_requests"] == s["num_failed"] > 0
     assert s["num_completed"] == 0
+
+
+@pytest.mark.timeout(60)  # turns were once capped at 2**30, drawing a billion message lengths
+def test_absurd_turn_count_is_capped_by_what_the_context_can_hold():
+    cfg = small_cfg(
+        model={"name": "Llama-3.2-1B", "max_context": 2048},
+        workload={"kind": "chat", "users": 2, "turns": 10**12, "user_tokens": 50, "output_tokens": 20},
+        run={"num_requests": 40, "record_requests": True},
+    )
+    res = simulate(cfg)
+    assert res.summary["num_completed"] == 40
+    assert res.requests is not None
+    # sessions end when the context is full: 2048 // 70 tokens per turn -> at most 29 turns
+    assert max(r["turn"] for r in res.requests) < 2048 // 70
