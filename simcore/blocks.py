@@ -218,6 +218,11 @@ class BlockPool:
         else:
             self._hash_to_block[block_hash] = block_id
 
+    def cache_blocks(self, block_ids: Sequence[int], hashes: Sequence[int]) -> None:
+        """:meth:`cache_block` for each pair, in order."""
+        for b, h in zip(block_ids, hashes, strict=True):
+            self.cache_block(b, h)
+
     def free(self, block_ids: Sequence[int]) -> None:
         """Drop one reference on each block of a request, deepest (last) block first."""
         rc = self.ref_cnt
@@ -251,3 +256,12 @@ class BlockPool:
                 raise RuntimeError(f"hash map says block {b} holds {h}, block says {self.block_hash[b]}")
         if self.num_used() + self.num_free() != self.usable_blocks:
             raise RuntimeError("blocks not conserved: used + free != usable")
+
+
+def native_pool_class() -> type[BlockPool] | None:
+    """The compiled pool (``simcore/_cpool.pyx``, same rules and results), or None if not built."""
+    try:
+        from simcore._cpool import CBlockPool
+    except ImportError:
+        return None
+    return CBlockPool

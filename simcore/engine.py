@@ -14,7 +14,7 @@ from typing import Any
 
 import simpy
 
-from simcore.blocks import BlockPool
+from simcore.blocks import BlockPool, native_pool_class
 from simcore.config import SimConfig
 from simcore.costmodel import CostModel
 from simcore.fastforward import FastScheduler
@@ -40,8 +40,10 @@ class Engine:
         self.counters = Counters()
         e = cfg.engine
         caching = e.prefix_caching != "off"
-        self.pool = BlockPool(num_blocks, enable_caching=caching)
         fast = cfg.run.mode == "fast"
+        # the reference mode keeps the pure-Python pool; fast mode takes the compiled one if built
+        pool_cls = (native_pool_class() or BlockPool) if fast else BlockPool
+        self.pool = pool_cls(num_blocks, enable_caching=caching)
         self.kv = KVCacheManager(self.pool, e.block_size, caching, bisect_lookup=fast)
         cls = FastScheduler if fast else Scheduler
         self.scheduler: Scheduler = cls(

@@ -72,28 +72,37 @@ class FastScheduler(Scheduler):
         del self.group[req.admit_seq]
         self.sum_c0_minus_d0 -= req.c0 - req.d0
 
-    def _block_events(self, step: int) -> None:
-        """Allocate and hash blocks for every member that starts or fills a block at ``step``.
+    def _block_events(self, first: int, last: int) -> None:
+        """Allocate and hash blocks for every member that starts or fills a block in steps
+        ``first..last``, in the reference's order: step by step, admission order within a step.
 
-        Allocations run in admission order, then hashes in admission order; the two kinds
-        commute (an allocation only evicts free blocks; a hash is only put on a block in use).
+        All allocations run first, then all hashes; the two kinds commute (an allocation only
+        evicts free blocks, a hash only goes on a block in use, and a duplicate hash ends up with
+        the same first holder either way), so the pool does each kind in one call.
         """
         bs = self.block_size
-        starts = self._phase[-step % bs]
-        if starts:
-            alloc = self.pool.allocate_one
-            for _, req in starts:
-                b = alloc()
-                if b is None:
-                    raise RuntimeError("fast path ran out of blocks; the window bound is wrong")
+        phase = self._phase
+        order: list[tuple[int, Request]] = []
+        for step in range(first, last + 1):
+            order += phase[-step % bs]
+        if order:
+            ids = self.pool.allocate(len(order))
+            if ids is None:
+                raise RuntimeError("fast path ran out of blocks; the window bound is wrong")
+            for (_, req), b in zip(order, ids, strict=True):
                 req.blocks.append(b)
-        fills = self._phase[(-step - 1) % bs]
-        if fills and self.kv.caching:
-            cache = self.pool.cache_block
-            for _, req in fills:
+        if not self.kv.caching:
+            return
+        blocks: list[int] = []
+        hashes: list[int] = []
+        for step in range(first, last + 1):
+            for _, req in phase[(-step - 1) % bs]:
                 j = (req.c0 + step - req.d0 + 1) // bs - 1
-                cache(req.blocks[j], req.seq.hashes[j])
+                blocks.append(req.blocks[j])
+                hashes.append(req.seq.hashes[j])
                 req.num_cached_blocks = j + 1
+        if blocks:
+            self.pool.cache_blocks(blocks, hashes)
 
     def _allocs_at(self, step: int) -> int:
         return len(self._phase[-step % self.block_size])
@@ -128,26 +137,46 @@ class FastScheduler(Scheduler):
         k_mem = bs * int(min(free, 1 << 40) // r)
         k_fin = self._finish_heap[0][0] - self.D + 1
         k_max = min(k_mem, k_fin)
-        account = self._account
-        block_events = self._block_events
+        t, step = self._decode_steps(now, horizon, r, self.D + k_max - 1)
+        self._block_events(self.D, step)
+        self.D = step + 1
+        return t, self._finish_members(step, t)
+
+    def _decode_steps(self, now: float, horizon: float, r: int, last: int) -> tuple[float, int]:
+        """Time pure decode steps from step D until ``last`` or until one ends at or after
+        ``horizon``; return (end time, last step run). The counters get exactly the reference's
+        per-step updates, in the same order; blocks in use grow by each step's allocations."""
+        bs = self.block_size
+        phase = self._phase
+        step_time = self.cost.step_time
+        c = self.counters
+        used = self.pool.num_used()
+        busy, batch_seq, used_s, peak = c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks
         attn = self.sum_c0_minus_d0 + r * self.D + r  # sum of (computed + 1) over members
         t = now
         step = self.D
-        last = self.D + k_max - 1
-        first_pending = self._first_pending
         while True:
-            block_events(step)
-            t = account(t, r, attn, attn, r)
-            if first_pending:
-                for req in first_pending:
-                    req.record.first_token_s = t
-                first_pending.clear()
+            used += len(phase[-step % bs])
+            dt = step_time(r, attn, attn, r)
+            busy += dt
+            batch_seq += r * dt
+            used_s += used * dt
+            if used > peak:
+                peak = used
+            t = t + dt
             if step == last or t >= horizon:
                 break
             step += 1
             attn += r
-        self.D = step + 1
-        return t, self._finish_members(step, t)
+        c.steps += step - self.D + 1
+        c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks = busy, batch_seq, used_s, peak
+        if self._first_pending:
+            t_first = now + step_time(r, self.sum_c0_minus_d0 + r * self.D + r,
+                                      self.sum_c0_minus_d0 + r * self.D + r, r)
+            for req in self._first_pending:
+                req.record.first_token_s = t_first
+            self._first_pending.clear()
+        return t, step
 
     def _finish_members(self, step: int, end: float) -> list[Request]:
         finished = self._pop_finishers(step)
@@ -172,7 +201,7 @@ class FastScheduler(Scheduler):
         if chunks:
             self._interleaved_allocations(chunks)
         else:
-            self._block_events(self.D)
+            self._block_events(self.D, self.D)
         admitted = self._admit_waiting(now, self.max_num_batched_tokens - demand)
         explicit = chunks + admitted
         if not r and not explicit:

@@ -1,4 +1,8 @@
-"""BlockPool: exact block ids, free-queue order and eviction order (vLLM v1 rules)."""
+"""BlockPool: exact block ids, free-queue order and eviction order (vLLM v1 rules).
+
+Every test runs on the pure-Python reference ``BlockPool`` and on the compiled ``CBlockPool``
+(when it is built); ``test_native_pool_matches_reference`` replays random operation sequences on
+both and compares every answer and the whole free queue after every step."""
 
 from __future__ import annotations
 
@@ -8,11 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simcore.blocks import BlockPool
+from simcore.blocks import BlockPool, native_pool_class
+
+NATIVE = native_pool_class()
+POOLS = [BlockPool] + ([NATIVE] if NATIVE is not None else [])
+pytestmark = pytest.mark.parametrize("Pool", POOLS, ids=lambda c: c.__name__)
 
 
-def test_fresh_blocks_come_in_id_order_and_null_block_is_reserved():
-    pool = BlockPool(6)
+def test_fresh_blocks_come_in_id_order_and_null_block_is_reserved(Pool):
+    pool = Pool(6)
     assert pool.usable_blocks == 5
     assert pool.allocate(3) == [1, 2, 3]
     assert pool.num_used() == 3
@@ -22,8 +30,8 @@ def test_fresh_blocks_come_in_id_order_and_null_block_is_reserved():
     assert pool.allocate_one() is None
 
 
-def test_freed_chain_goes_to_tail_deepest_first_and_is_evicted_tail_first():
-    pool = BlockPool(6)
+def test_freed_chain_goes_to_tail_deepest_first_and_is_evicted_tail_first(Pool):
+    pool = Pool(6)
     chain = pool.allocate(3)
     for i, b in enumerate(chain):
         pool.cache_block(b, 100 + i)
@@ -38,8 +46,8 @@ def test_freed_chain_goes_to_tail_deepest_first_and_is_evicted_tail_first():
     assert pool.cached_block(101) is None and pool.evictions == 2
 
 
-def test_touch_takes_a_cached_block_out_of_the_queue_and_refree_moves_it_to_the_tail():
-    pool = BlockPool(5)
+def test_touch_takes_a_cached_block_out_of_the_queue_and_refree_moves_it_to_the_tail(Pool):
+    pool = Pool(5)
     a = pool.allocate(2)
     pool.cache_block(a[0], 7)
     pool.cache_block(a[1], 8)
@@ -55,8 +63,8 @@ def test_touch_takes_a_cached_block_out_of_the_queue_and_refree_moves_it_to_the_
     assert pool.free_queue() == [3, 4, 2, 1]
 
 
-def test_unhashed_blocks_go_to_the_head_and_are_reused_first():
-    pool = BlockPool(6)
+def test_unhashed_blocks_go_to_the_head_and_are_reused_first(Pool):
+    pool = Pool(6)
     a = pool.allocate(2)
     pool.cache_block(a[0], 1)  # a[1] stays unhashed (a partial block)
     pool.free(a)
@@ -64,8 +72,8 @@ def test_unhashed_blocks_go_to_the_head_and_are_reused_first():
     assert pool.allocate_one() == 2
 
 
-def test_longest_hit_stops_at_first_miss_and_respects_cap():
-    pool = BlockPool(10)
+def test_longest_hit_stops_at_first_miss_and_respects_cap(Pool):
+    pool = Pool(10)
     blocks = pool.allocate(4)
     for b, h in zip(blocks, [10, 11, 12, 13], strict=True):
         pool.cache_block(b, h)
@@ -74,8 +82,8 @@ def test_longest_hit_stops_at_first_miss_and_respects_cap():
     assert pool.longest_hit([99, 11], 2) == []
 
 
-def test_duplicate_hash_keeps_first_block_findable_until_evicted():
-    pool = BlockPool(4)
+def test_duplicate_hash_keeps_first_block_findable_until_evicted(Pool):
+    pool = Pool(4)
     a, b = pool.allocate_one(), pool.allocate_one()
     pool.cache_block(a, 5)
     pool.cache_block(b, 5)
@@ -87,8 +95,8 @@ def test_duplicate_hash_keeps_first_block_findable_until_evicted():
     pool.check_invariants()
 
 
-def test_misuse_raises():
-    pool = BlockPool(4)
+def test_misuse_raises(Pool):
+    pool = Pool(4)
     b = pool.allocate_one()
     pool.cache_block(b, 1)
     with pytest.raises(RuntimeError, match="already holds a hash"):
@@ -101,14 +109,22 @@ def test_misuse_raises():
     with pytest.raises(RuntimeError, match="only blocks in use"):
         pool.cache_block(c, 3)
     with pytest.raises(ValueError, match="need at least 2"):
-        BlockPool(1)
+        Pool(1)
 
 
-def test_infinite_pool_allocates_lazily():
-    pool = BlockPool(math.inf)
+def test_infinite_pool_allocates_lazily(Pool):
+    pool = Pool(math.inf)
     assert pool.allocate(3) == [1, 2, 3]
     assert pool.num_free() == math.inf
     assert pool.num_used() == 3
+
+
+def test_a_pool_beyond_64_bit_ids_still_counts_exactly(Pool):
+    pool = Pool(10**22)  # a memory size no GPU has; the compiled pool must not overflow
+    assert pool.allocate(3) == [1, 2, 3]
+    assert pool.num_free() == 10**22 - 4
+    pool.free([2])
+    assert pool.num_free() == 10**22 - 3 and pool.allocate_one() == 2
 
 
 ops = st.lists(
@@ -119,8 +135,8 @@ ops = st.lists(
 
 @settings(max_examples=150, deadline=None)
 @given(ops, st.integers(2, 20))
-def test_random_operations_conserve_blocks(operations, num_blocks):
-    pool = BlockPool(num_blocks)
+def test_random_operations_conserve_blocks(Pool, operations, num_blocks):
+    pool = Pool(num_blocks)
     held: list[list[int]] = []
     for op, n, h in operations:
         if op == "alloc":

@@ -53,3 +53,29 @@ def test_fast_matches_reference(name):
             assert abs(a[key] - b[key]) <= 1e-6, (key, a, b)
     if name == "memory-pressure":
         assert ref.summary["preemptions"] > 0
+
+
+@pytest.mark.parametrize("name", ["standard-chat", "memory-pressure", "mix", "tp2-session"])
+def test_fast_leaves_the_pool_block_for_block_as_reference(name):
+    """Beyond the metrics: both modes end with the same free queue, block id for block id, and
+    the same hash -> block map (so the fast path hands out and evicts exactly the same blocks)."""
+    from simcore.costmodel import kv_capacity_blocks
+    from simcore.engine import Engine
+    from simcore.workload import Workload
+
+    pools = {}
+    for mode in ("reference", "fast"):
+        case = dict(CASES[name])
+        case["run"] = {**case["run"], "mode": mode}
+        cfg = small_cfg(**case)
+        engine = Engine(cfg, kv_capacity_blocks(cfg)[0])
+        Workload(cfg).start(engine)
+        engine.run()
+        pools[mode] = engine.pool
+    ref, fast = pools["reference"], pools["fast"]
+    assert type(ref).__name__ == "BlockPool"
+    assert fast.free_queue() == ref.free_queue()
+    assert fast.num_cached() == ref.num_cached() > 0
+    assert fast.evictions == ref.evictions
+    queued = ref.free_queue()[-500:]
+    assert [fast.hash_of(b) for b in queued] == [ref.hash_of(b) for b in queued]
