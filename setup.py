@@ -1,4 +1,4 @@
-"""Builds the optional compiled block pool (simcore/_cpool.pyx); everything else is in pyproject.toml.
+"""Builds the optional compiled block pool (simcore/_native.pyx); everything else is in pyproject.toml.
 
 Without a C compiler the build goes on without it and simcore falls back to the pure-Python
 BlockPool (same results, slower). Set KVSWEEP_REQUIRE_NATIVE=1 to make a failed build an error
@@ -36,7 +36,7 @@ class OptionalBuildExt(build_ext):
 def extensions() -> list[Extension]:
     from Cython.Build import cythonize
 
-    ext = Extension("simcore._cpool", ["simcore/_cpool.pyx"], extra_compile_args=["-O3"])
+    ext = Extension("simcore._native", ["simcore/_native.pyx"], extra_compile_args=["-O3"])
     return cythonize([ext], compiler_directives={"language_level": "3"}, quiet=True)
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from operator import itemgetter
 
 NULL_BLOCK = 0
 
@@ -93,38 +92,30 @@ class BlockPool:
         except ValueError:
             return found  # type: ignore[return-value]
 
-    def longest_hit_bisect(
+    def longest_hit_hinted(
         self, hashes: Sequence[int], max_blocks: int, hint: Sequence[int] | None = None
     ) -> list[int]:
-        """:meth:`longest_hit` in O(log n) lookups, relying on the cache being prefix-closed.
+        """:meth:`longest_hit`, exactly, with fewer dict lookups.
 
-        Prefix-closed: if a chain's block j is cached, so is every block before it. It holds
-        because a block is only ever taken with its whole prefix (lookups are leading runs) and
-        released before its parent (deepest first), so a parent is never older in the LRU than
-        its child. The fast scheduler uses this; the reference uses the linear walk, and the
-        tests hold the two modes to identical hits.
-
-        ``hint``: block ids this chain held last (the previous turn's). When they still hold the
-        run's hashes and no hash has a second holder, they are exactly what the lookups would
-        return, and one C-level comparison replaces a dict lookup per block.
+        ``hint``: block ids this chain held when it was last released (the previous turn's).
+        While no hash has a second holder, a hint block that still holds the chain's hash at its
+        position is exactly what the dict would return, so the leading run of such blocks is
+        taken by comparing hashes; dict lookups resume where the hint stops matching.
         """
+        hi = min(max_blocks, len(hashes))
+        m = 0
+        if hint and not self._dup_blocks:
+            n = min(len(hint), hi)
+            held = [self.block_hash[b] for b in hint[:n]]
+            m = n if held == hashes[:n] else next(j for j in range(n) if held[j] != hashes[j])
+        out = list(hint[:m]) if hint and m else []
         get = self._hash_to_block.get
-        hi = min(max_blocks, len(hashes))  # blocks [0, lo) cached; block hi not known
-        if hi == 0 or get(hashes[0]) is None:
-            return []
-        lo = 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if get(hashes[mid - 1]) is None:
-                hi = mid - 1
-            else:
-                lo = mid
-        if hint is not None and len(hint) >= lo and not self._dup_blocks:
-            ids = hint[:lo]
-            held = itemgetter(*ids)(self.block_hash) if lo > 1 else (self.block_hash[ids[0]],)
-            if held == tuple(hashes[:lo]):
-                return list(ids)
-        return list(map(get, hashes[:lo]))  # type: ignore[arg-type]
+        for h in hashes[m:hi]:
+            b = get(h)
+            if b is None:
+                break
+            out.append(b)
+        return out
 
     def count_free_in(self, block_ids: Sequence[int]) -> int:
         """How many of ``block_ids`` sit in the free queue (a hit on them uses up free capacity)."""
@@ -259,9 +250,9 @@ class BlockPool:
 
 
 def native_pool_class() -> type[BlockPool] | None:
-    """The compiled pool (``simcore/_cpool.pyx``, same rules and results), or None if not built."""
+    """The compiled pool (``simcore/_native.pyx``, same rules and results), or None if not built."""
     try:
-        from simcore._cpool import CBlockPool
+        from simcore._native import CBlockPool
     except ImportError:
         return None
     return CBlockPool

@@ -44,7 +44,7 @@ class Engine:
         # the reference mode keeps the pure-Python pool; fast mode takes the compiled one if built
         pool_cls = (native_pool_class() or BlockPool) if fast else BlockPool
         self.pool = pool_cls(num_blocks, enable_caching=caching)
-        self.kv = KVCacheManager(self.pool, e.block_size, caching, bisect_lookup=fast)
+        self.kv = KVCacheManager(self.pool, e.block_size, caching, hinted_lookup=fast)
         cls = FastScheduler if fast else Scheduler
         self.scheduler: Scheduler = cls(
             self.kv, CostModel(cfg), self.counters,

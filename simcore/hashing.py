@@ -20,6 +20,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def py_chain_hashes(
+    parent: int, content_id: int, offset: int, n: int, block_size: int, out: list[int]
+) -> int:
+    """Append ``n`` chained hashes of whole blocks of one segment to ``out``; return the last."""
+    for _ in range(n):
+        parent = hash((parent, content_id, offset))
+        out.append(parent)
+        offset += block_size
+    return parent
+
+
+try:  # the compiled loop (simcore/_native.pyx) gives the same values
+    from simcore._native import chain_hashes
+except ImportError:
+    chain_hashes = py_chain_hashes
+
+
 @dataclass
 class TokenSeq:
     """A growable token sequence with incrementally computed full-block hashes."""
@@ -62,10 +79,8 @@ class TokenSeq:
             if length - off >= bs:
                 # fast path: whole blocks inside one segment
                 n_whole = min((length - off) // bs, want - len(hashes))
-                for _ in range(n_whole):
-                    parent = hash((parent, cid, off))
-                    hashes.append(parent)
-                    off += bs
+                parent = chain_hashes(parent, cid, off, n_whole, bs, hashes)
+                off += n_whole * bs
                 if off == length:
                     seg, off = seg + 1, 0
                 continue

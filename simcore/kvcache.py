@@ -19,19 +19,19 @@ def blocks_for(tokens: int, block_size: int) -> int:
 
 
 class KVCacheManager:
-    def __init__(self, pool: BlockPool, block_size: int, caching: bool, bisect_lookup: bool = False) -> None:
+    def __init__(self, pool: BlockPool, block_size: int, caching: bool, hinted_lookup: bool = False) -> None:
         self.pool = pool
         self.block_size = block_size
         self.caching = caching
-        self.bisect_lookup = bisect_lookup
+        self.hinted_lookup = hinted_lookup
 
     def lookup(self, req: Request) -> list[int]:
         """Cached blocks of the longest leading hit, leaving at least the last token to compute."""
         if not self.caching:
             return []
         max_blocks = (req.num_tokens - 1) // self.block_size
-        if self.bisect_lookup:
-            return self.pool.longest_hit_bisect(req.seq.hashes, max_blocks, req.seq.hint_blocks)
+        if self.hinted_lookup:
+            return self.pool.longest_hit_hinted(req.seq.hashes, max_blocks, req.seq.hint_blocks)
         return self.pool.longest_hit(req.seq.hashes, max_blocks)
 
     def admit(self, req: Request, hits: list[int], num_new: int) -> bool:

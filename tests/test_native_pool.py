@@ -17,7 +17,7 @@ REQUIRED = os.environ.get("KVSWEEP_REQUIRE_NATIVE") == "1"
 def test_native_pool_is_built_where_required():
     """CI sets KVSWEEP_REQUIRE_NATIVE=1: there the compiled pool must be what runs."""
     if REQUIRED:
-        assert NATIVE is not None, "simcore._cpool did not build; see setup.py"
+        assert NATIVE is not None, "simcore._native did not build; see setup.py"
     elif NATIVE is None:
         pytest.skip("compiled pool not built (pure-Python fallback in use)")
     assert NATIVE.__name__ == "CBlockPool"
@@ -65,7 +65,7 @@ def test_native_pool_matches_reference(operations, num_blocks, caching):
             hint = held[h % len(held)] if held else None
             found = [p.longest_hit(hashes, len(hashes)) for p in pools]
             assert found[0] == found[1]
-            assert [p.longest_hit_bisect(hashes, len(hashes), hint) for p in pools] == found
+            assert [p.longest_hit_hinted(hashes, len(hashes), hint) for p in pools] == found
             assert [p.count_free_in(found[0]) for p in pools] == [pools[0].count_free_in(found[0])] * 2
             if found[0]:
                 for p in pools:
@@ -92,3 +92,52 @@ def test_native_pool_matches_reference(operations, num_blocks, caching):
     for p in pools:
         p.check_invariants()
         assert p.num_used() == 0
+
+
+@pytest.mark.skipif(NATIVE is None, reason="compiled module not built")
+@given(st.integers(-(2**63), 2**63 - 1), st.integers(-(2**40), 2**40), st.integers(0, 10**6),
+       st.integers(0, 40), st.sampled_from([1, 8, 16, 32]))
+def test_native_chain_hashes_match_python(parent, content_id, offset, n, block_size):
+    from simcore._native import chain_hashes
+    from simcore.hashing import py_chain_hashes
+
+    native: list[int] = [7]
+    python: list[int] = [7]
+    last = chain_hashes(parent, content_id, offset, n, block_size, native)
+    assert last == py_chain_hashes(parent, content_id, offset, n, block_size, python)
+    assert native == python and len(native) == n + 1
+
+
+@pytest.mark.skipif(NATIVE is None, reason="compiled pool not built")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_native_hash_table_under_load_matches_reference(seed):
+    """Thousands of blocks: the compiled pool's own hash table (linear probing, resizes,
+    backward-shift deletion) answers every lookup as the reference's dict does."""
+    import random
+
+    rnd = random.Random(seed)
+    pools = [BlockPool(3001), NATIVE(3001)]  # type: ignore[misc]
+    held: list[list[int]] = []
+    keys: list[int] = []
+    for _ in range(400):
+        n = rnd.randint(1, 60)
+        got = [p.allocate(n) for p in pools]
+        assert got[0] == got[1]
+        if got[0] is not None:
+            # full-width hash values, some repeated (duplicates), as Python's hash() gives
+            hs = [rnd.choice(keys) if keys and rnd.random() < 0.05 else rnd.getrandbits(64) - 2**63
+                  for _ in got[0]]
+            keys += hs
+            for p in pools:
+                p.cache_blocks(got[0], hs)
+            held.append(got[0])
+        while held and (rnd.random() < 0.5 or got[0] is None):
+            blocks = held.pop(rnd.randrange(len(held)))
+            for p in pools:
+                p.free(blocks)
+        probe = rnd.sample(keys, min(50, len(keys)))
+        assert [pools[1].cached_block(k) for k in probe] == [pools[0].cached_block(k) for k in probe]
+        assert pools[1].num_cached() == pools[0].num_cached()
+    assert pools[1].free_queue() == pools[0].free_queue()
+    assert pools[1].evictions == pools[0].evictions > 1000
+    pools[1].check_invariants()

@@ -1,5 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-"""CBlockPool: :class:`simcore.blocks.BlockPool` compiled, same rules, same results.
+"""Compiled hot paths: CBlockPool (:class:`simcore.blocks.BlockPool`, same rules and results)
+and ``chain_hashes`` (the whole-block loop of ``TokenSeq.ensure_hashes``, same values).
 
 Why: a chat request touches ~170 blocks (hits taken, the chain released, evictions); in
 Python each block costs a few dict/list operations, which made block bookkeeping 60% of a
@@ -18,7 +19,8 @@ Layout per block id ``b`` (index 0 is the null block)::
 Free queue, head to tail: unhashed stack (last pushed first) | never-used ids | LRU list.
 """
 
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdlib cimport calloc
 from libc.stdlib cimport free as c_free
 from libc.stdlib cimport realloc
 from libc.string cimport memset
@@ -45,7 +47,12 @@ cdef class CBlockPool:
     cdef Py_ssize_t head, tail, n_lru
     cdef Py_ssize_t* stack
     cdef Py_ssize_t n_stack, stack_cap
-    cdef dict hmap               # hash -> first block holding it
+    # hash -> first block holding it: open addressing with linear probing over two C arrays
+    # (tvals[i] == 0 marks an empty slot: block 0, the null block, never holds a hash)
+    cdef int64_t* tkeys
+    cdef Py_ssize_t* tvals
+    cdef Py_ssize_t tcap, tcount
+    cdef int tshift
     cdef dict dups               # hash -> further blocks holding it (rare)
 
     def __cinit__(self, num_blocks, enable_caching=True):
@@ -56,6 +63,8 @@ cdef class CBlockPool:
         self.prv = NULL
         self.nxt = NULL
         self.stack = NULL
+        self.tkeys = NULL
+        self.tvals = NULL
 
     def __init__(self, num_blocks, enable_caching=True):
         if not num_blocks >= 2:
@@ -78,7 +87,9 @@ cdef class CBlockPool:
         self.n_lru = 0
         self.n_stack = 0
         self.stack_cap = 0
-        self.hmap = {}
+        self.tcap = 0
+        self.tcount = 0
+        self._resize_table(1024)
         self.dups = {}
 
     def __dealloc__(self):
@@ -89,6 +100,8 @@ cdef class CBlockPool:
         c_free(self.prv)
         c_free(self.nxt)
         c_free(self.stack)
+        c_free(self.tkeys)
+        c_free(self.tvals)
 
     # ---- storage -------------------------------------------------------------------------
     cdef void _grow(self, Py_ssize_t need) except *:
@@ -153,6 +166,83 @@ cdef class CBlockPool:
             raise IndexError(f"block {b} was never allocated")
         return b
 
+    # ---- the hash table ----------------------------------------------------------------------
+    cdef inline Py_ssize_t _slot(self, int64_t key):
+        return <Py_ssize_t>((<uint64_t>key * <uint64_t>0x9E3779B97F4A7C15) >> self.tshift)
+
+    cdef Py_ssize_t _find(self, int64_t key):
+        """The block holding ``key``, or 0."""
+        cdef Py_ssize_t mask = self.tcap - 1
+        cdef Py_ssize_t i = self._slot(key)
+        cdef Py_ssize_t v
+        while True:
+            v = self.tvals[i]
+            if v == 0 or self.tkeys[i] == key:
+                return v
+            i = (i + 1) & mask
+
+    cdef int _put(self, int64_t key, Py_ssize_t val) except -1:
+        """Insert ``key`` or replace its block."""
+        if 2 * (self.tcount + 1) > self.tcap:
+            self._resize_table(2 * self.tcap)
+        cdef Py_ssize_t mask = self.tcap - 1
+        cdef Py_ssize_t i = self._slot(key)
+        while self.tvals[i] != 0:
+            if self.tkeys[i] == key:
+                self.tvals[i] = val
+                return 0
+            i = (i + 1) & mask
+        self.tkeys[i] = key
+        self.tvals[i] = val
+        self.tcount += 1
+        return 0
+
+    cdef int _delete(self, int64_t key) except -1:
+        """Remove ``key`` (it must be present), shifting later entries of its run back."""
+        cdef Py_ssize_t mask = self.tcap - 1
+        cdef Py_ssize_t i = self._slot(key)
+        cdef Py_ssize_t j, k
+        while self.tkeys[i] != key or self.tvals[i] == 0:
+            if self.tvals[i] == 0:
+                raise KeyError(key)
+            i = (i + 1) & mask
+        j = i
+        while True:
+            j = (j + 1) & mask
+            if self.tvals[j] == 0:
+                break
+            k = self._slot(self.tkeys[j])
+            # the entry at j may move to the hole at i unless its home k lies cyclically in (i, j]
+            if (i < k <= j) if i <= j else (i < k or k <= j):
+                continue
+            self.tkeys[i] = self.tkeys[j]
+            self.tvals[i] = self.tvals[j]
+            i = j
+        self.tvals[i] = 0
+        self.tcount -= 1
+        return 0
+
+    cdef int _resize_table(self, Py_ssize_t new_cap) except -1:
+        cdef int64_t* old_keys = self.tkeys
+        cdef Py_ssize_t* old_vals = self.tvals
+        cdef Py_ssize_t old_cap = self.tcap, i
+        cdef int bits = 0
+        while (<Py_ssize_t>1 << bits) < new_cap:
+            bits += 1
+        self.tkeys = <int64_t*>calloc(<size_t>1 << bits, sizeof(int64_t))
+        self.tvals = <Py_ssize_t*>calloc(<size_t>1 << bits, sizeof(Py_ssize_t))
+        if self.tkeys == NULL or self.tvals == NULL:
+            raise MemoryError("block pool hash table")
+        self.tcap = <Py_ssize_t>1 << bits
+        self.tshift = 64 - bits
+        self.tcount = 0
+        for i in range(old_cap):
+            if old_vals[i] != 0:
+                self._put(old_keys[i], old_vals[i])
+        c_free(old_keys)
+        c_free(old_vals)
+        return 0
+
     # ---- queries ---------------------------------------------------------------------------
     @property
     def usable_blocks(self):
@@ -175,10 +265,11 @@ cdef class CBlockPool:
 
     def num_cached(self):
         """Distinct hashes that a lookup can find."""
-        return len(self.hmap)
+        return self.tcount
 
     def cached_block(self, block_hash: int):
-        return self.hmap.get(block_hash)
+        cdef Py_ssize_t b = self._find(block_hash)
+        return b if b else None
 
     def hash_of(self, block_id: int):
         cdef Py_ssize_t b = self._check_id(block_id)
@@ -202,38 +293,34 @@ cdef class CBlockPool:
         """Block ids of the longest leading run of ``hashes`` that is cached, at most ``max_blocks``."""
         cdef Py_ssize_t n = min(max_blocks, len(hashes))
         cdef Py_ssize_t j
-        cdef dict hmap = self.hmap
+        cdef Py_ssize_t b
         out = []
         for j in range(n):
-            b = hmap.get(hashes[j])
-            if b is None:
+            b = self._find(hashes[j])
+            if b == 0:
                 break
             out.append(b)
         return out
 
-    def longest_hit_bisect(self, hashes: list, Py_ssize_t max_blocks, list hint=None):
-        """Same as ``BlockPool.longest_hit_bisect``: O(log n) dict lookups relying on the cache
-        being prefix-closed, and the previous turn's block ids verified in one C loop."""
-        cdef dict hmap = self.hmap
+    def longest_hit_hinted(self, hashes: list, Py_ssize_t max_blocks, list hint=None):
+        """``BlockPool.longest_hit_hinted``: the hint's leading run of blocks that still hold
+        the chain's hashes, compared in C, then dict lookups until the first miss."""
         cdef Py_ssize_t hi = min(max_blocks, len(hashes))
-        cdef Py_ssize_t lo, mid, j, b
-        if hi == 0 or hashes[0] not in hmap:
-            return []
-        lo = 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if hashes[mid - 1] not in hmap:
-                hi = mid - 1
-            else:
-                lo = mid
-        if hint is not None and len(hint) >= lo and not self.dups:
-            for j in range(lo):
-                b = hint[j]
-                if b < 0 or b >= self.next_fresh or not self.hashed[b] or self.hval[b] != <int64_t>hashes[j]:
+        cdef Py_ssize_t m = 0, n, b
+        if hint is not None and not self.dups:
+            n = min(len(hint), hi)
+            while m < n:
+                b = hint[m]
+                if b < 0 or b >= self.next_fresh or not self.hashed[b] or self.hval[b] != <int64_t>hashes[m]:
                     break
-            else:
-                return hint[:lo]
-        return [hmap.get(h) for h in hashes[:lo]]
+                m += 1
+        out = hint[:m] if m else []
+        for j in range(m, hi):
+            b = self._find(hashes[j])
+            if b == 0:
+                break
+            out.append(b)
+        return out
 
     def count_free_in(self, block_ids: list):
         """How many of ``block_ids`` sit in the free queue (a hit on them uses up free capacity)."""
@@ -295,15 +382,15 @@ cdef class CBlockPool:
     cdef int _evict(self, Py_ssize_t b) except -1:
         if not self.hashed[b]:
             raise RuntimeError(f"block {b} in the cached free queue has no hash")
-        h = self.hval[b]
+        cdef int64_t h = self.hval[b]
         self.hashed[b] = 0
         self.evictions += 1
         if not self.dups or h not in self.dups:  # the common case: the only block holding h
-            del self.hmap[h]
+            self._delete(h)
             return 0
         dups = self.dups[h]
-        if self.hmap[h] == b:
-            self.hmap[h] = dups.pop(0)
+        if self._find(h) == b:
+            self._put(h, dups.pop(0))
         else:
             dups.remove(b)
         if not dups:
@@ -312,27 +399,31 @@ cdef class CBlockPool:
 
     def cache_block(self, block_id: int, block_hash: int):
         """Record that a full, in-use block holds ``block_hash`` (no-op when caching is off)."""
-        if not self.enable_caching:
-            return
-        cdef Py_ssize_t b = self._check_id(block_id)
-        if self.hashed[b]:
-            raise RuntimeError(f"block {b} already holds a hash")
-        if self.ref[b] <= 0:
-            raise RuntimeError(f"block {b} is free; only blocks in use can be cached")
-        self.hashed[b] = 1
-        self.hval[b] = block_hash
-        if block_hash in self.hmap:
-            self.dups.setdefault(block_hash, []).append(b)
-        else:
-            self.hmap[block_hash] = b
+        if self.enable_caching:
+            self._cache(self._check_id(block_id), block_hash)
 
     def cache_blocks(self, block_ids: list, hashes: list):
         """``cache_block`` for each pair, in order."""
         cdef Py_ssize_t i
         if len(block_ids) != len(hashes):
             raise ValueError("cache_blocks: block_ids and hashes differ in length")
+        if not self.enable_caching:
+            return
         for i in range(len(block_ids)):
-            self.cache_block(block_ids[i], hashes[i])
+            self._cache(self._check_id(block_ids[i]), hashes[i])
+
+    cdef int _cache(self, Py_ssize_t b, int64_t h) except -1:
+        if self.hashed[b]:
+            raise RuntimeError(f"block {b} already holds a hash")
+        if self.ref[b] <= 0:
+            raise RuntimeError(f"block {b} is free; only blocks in use can be cached")
+        self.hashed[b] = 1
+        self.hval[b] = h
+        if self._find(h):
+            self.dups.setdefault(h, []).append(b)
+        else:
+            self._put(h, b)
+        return 0
 
     def free(self, block_ids: list):
         """Drop one reference on each block of a request, deepest (last) block first."""
@@ -370,8 +461,33 @@ cdef class CBlockPool:
             queued = bool(self.in_lru[b]) or b in in_stack
             if (self.ref[b] == 0) != queued:
                 raise RuntimeError(f"block {b}: ref count {self.ref[b]} but in_queue={queued}")
-        for h, b in self.hmap.items():
+        n = 0
+        for i in range(self.tcap):
+            b = self.tvals[i]
+            if b == 0:
+                continue
+            n += 1
+            h = self.tkeys[i]
             if not self.hashed[b] or self.hval[b] != h:
                 raise RuntimeError(f"hash map says block {b} holds {h}, block says otherwise")
+            if self._find(h) != b:
+                raise RuntimeError(f"hash {h} sits where a probe cannot find it")
+        if n != self.tcount:
+            raise RuntimeError(f"hash table holds {n} entries, count says {self.tcount}")
         if self.num_used() + self.num_free() != self.usable_blocks:
             raise RuntimeError("blocks not conserved: used + free != usable")
+
+
+def chain_hashes(object parent, object content_id, Py_ssize_t offset, Py_ssize_t n,
+                 Py_ssize_t block_size, list out):
+    """Append ``n`` chained hashes of whole blocks of one segment to ``out``; return the last.
+
+    Block i covers ``[offset + i*block_size, ...)`` of ``content_id``; its hash is Python's
+    ``hash((parent, content_id, start))``, the very value the pure-Python loop computes.
+    """
+    cdef Py_ssize_t i
+    for i in range(n):
+        parent = hash((parent, content_id, offset))
+        out.append(parent)
+        offset += block_size
+    return parent
