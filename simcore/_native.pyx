@@ -491,3 +491,36 @@ def chain_hashes(object parent, object content_id, Py_ssize_t offset, Py_ssize_t
         out.append(parent)
         offset += block_size
     return parent
+
+
+def decode_block_events(list phase, Py_ssize_t first, Py_ssize_t last, CBlockPool pool, bint caching):
+    """``FastScheduler._block_events`` in C (same order, same blocks, same hashes).
+
+    ``phase[p]`` lists ``(admit_seq, request)`` of the decode members with phase ``p``; for each
+    step of ``first..last`` the members at phase ``-step % B`` start a block and those at
+    ``(-step - 1) % B`` fill one. All allocations run first (step by step, admission order
+    within a step), then all hashes.
+    """
+    cdef Py_ssize_t bs = len(phase)
+    cdef Py_ssize_t step, need = 0, j, b
+    cdef list bucket
+    cdef tuple entry
+    for step in range(first, last + 1):
+        need += len(<list>phase[-step % bs])
+    if need:
+        if not pool.unbounded and need > pool.n_stack + (pool.limit - pool.next_fresh) + pool.n_lru:
+            raise RuntimeError("fast path ran out of blocks; the window bound is wrong")
+        for step in range(first, last + 1):
+            bucket = phase[-step % bs]
+            for entry in bucket:
+                b = pool._take_one()
+                (<list>entry[1].blocks).append(b)
+    if not caching or not pool.enable_caching:
+        return
+    for step in range(first, last + 1):
+        bucket = phase[(-step - 1) % bs]
+        for entry in bucket:
+            req = entry[1]
+            j = (req.c0 + step - req.d0 + 1) // bs - 1
+            pool._cache(<Py_ssize_t>(<list>req.blocks)[j], <int64_t>(<list>req.seq.hashes)[j])
+            req.num_cached_blocks = j + 1

@@ -250,9 +250,8 @@ class BlockPool:
 
 
 def native_pool_class() -> type[BlockPool] | None:
-    """The compiled pool (``simcore/_native.pyx``, same rules and results), or None if not built."""
-    try:
-        from simcore._native import CBlockPool
-    except ImportError:
-        return None
-    return CBlockPool
+    """The compiled pool (``simcore/_native.pyx``, same rules and results), or None when it is
+    not built or turned off (see ``simcore/native.py``)."""
+    from simcore import native
+
+    return None if native.NATIVE is None else native.NATIVE.CBlockPool  # type: ignore[no-any-return]

@@ -28,6 +28,7 @@ import heapq
 from bisect import insort
 from operator import itemgetter
 
+from simcore import native
 from simcore.costmodel import chunk_terms
 from simcore.kvcache import blocks_for
 from simcore.request import Request
@@ -48,6 +49,11 @@ class FastScheduler(Scheduler):
         # phase -> [(admit_seq, member)] sorted by admit_seq
         self._phase: list[list[tuple[int, Request]]] = [[] for _ in range(self.block_size)]
         self._first_pending: list[Request] = []  # members whose next token is their first
+        # the compiled twin of _block_events, when the pool is the compiled one
+        mod = native.NATIVE
+        self._native_events = (
+            mod.decode_block_events if mod is not None and isinstance(self.pool, mod.CBlockPool) else None
+        )
 
     # ---- group membership --------------------------------------------------------------
     def _join(self, req: Request) -> None:
@@ -80,6 +86,9 @@ class FastScheduler(Scheduler):
         evicts free blocks, a hash only goes on a block in use, and a duplicate hash ends up with
         the same first holder either way), so the pool does each kind in one call.
         """
+        if self._native_events is not None:
+            self._native_events(self._phase, first, last, self.pool, self.kv.caching)
+            return
         bs = self.block_size
         phase = self._phase
         order: list[tuple[int, Request]] = []

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from simcore.native import NATIVE
+
 
 def py_chain_hashes(
     parent: int, content_id: int, offset: int, n: int, block_size: int, out: list[int]
@@ -31,10 +33,8 @@ def py_chain_hashes(
     return parent
 
 
-try:  # the compiled loop (simcore/_native.pyx) gives the same values
-    from simcore._native import chain_hashes
-except ImportError:
-    chain_hashes = py_chain_hashes
+# the compiled loop (simcore/_native.pyx) gives the same values
+chain_hashes = py_chain_hashes if NATIVE is None else NATIVE.chain_hashes
 
 
 @dataclass

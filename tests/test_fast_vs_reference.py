@@ -55,14 +55,22 @@ def test_fast_matches_reference(name):
         assert ref.summary["preemptions"] > 0
 
 
+@pytest.mark.parametrize("impl", ["native", "pure"])
 @pytest.mark.parametrize("name", ["standard-chat", "memory-pressure", "mix", "tp2-session"])
-def test_fast_leaves_the_pool_block_for_block_as_reference(name):
+def test_fast_leaves_the_pool_block_for_block_as_reference(name, impl, monkeypatch):
     """Beyond the metrics: both modes end with the same free queue, block id for block id, and
-    the same hash -> block map (so the fast path hands out and evicts exactly the same blocks)."""
+    the same hash -> block map (so the fast path hands out and evicts exactly the same blocks).
+    ``pure``: fast mode on its pure-Python twins (what runs where the compiled module is not
+    built); ``native``: on the compiled ones."""
+    from simcore import native
     from simcore.costmodel import kv_capacity_blocks
     from simcore.engine import Engine
     from simcore.workload import Workload
 
+    if impl == "pure":
+        monkeypatch.setattr(native, "NATIVE", None)
+    elif native.NATIVE is None:
+        pytest.skip("compiled module not built")
     pools = {}
     for mode in ("reference", "fast"):
         case = dict(CASES[name])
@@ -74,6 +82,7 @@ def test_fast_leaves_the_pool_block_for_block_as_reference(name):
         pools[mode] = engine.pool
     ref, fast = pools["reference"], pools["fast"]
     assert type(ref).__name__ == "BlockPool"
+    assert type(fast).__name__ == ("BlockPool" if impl == "pure" else "CBlockPool")
     assert fast.free_queue() == ref.free_queue()
     assert fast.num_cached() == ref.num_cached() > 0
     assert fast.evictions == ref.evictions
