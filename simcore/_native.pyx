@@ -502,9 +502,10 @@ def decode_block_events(list phase, Py_ssize_t first, Py_ssize_t last, CBlockPoo
     within a step), then all hashes.
     """
     cdef Py_ssize_t bs = len(phase)
-    cdef Py_ssize_t step, need = 0, j, b
+    cdef Py_ssize_t step, need = 0, j, b, c0, d0
     cdef list bucket
     cdef tuple entry
+    cdef object req
     for step in range(first, last + 1):
         need += len(<list>phase[-step % bs])
     if need:
@@ -521,6 +522,8 @@ def decode_block_events(list phase, Py_ssize_t first, Py_ssize_t last, CBlockPoo
         bucket = phase[(-step - 1) % bs]
         for entry in bucket:
             req = entry[1]
-            j = (req.c0 + step - req.d0 + 1) // bs - 1
+            c0 = req.c0
+            d0 = req.d0
+            j = (c0 + step - d0 + 1) // bs - 1
             pool._cache(<Py_ssize_t>(<list>req.blocks)[j], <int64_t>(<list>req.seq.hashes)[j])
             req.num_cached_blocks = j + 1

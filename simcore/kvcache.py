@@ -70,9 +70,8 @@ class KVCacheManager:
         """Hash every block that ``tokens`` tokens fill (vLLM caches at allocation time)."""
         full = tokens // self.block_size
         if self.caching and full > req.num_cached_blocks:
-            hashes = req.seq.hashes
-            for j in range(req.num_cached_blocks, full):
-                self.pool.cache_block(req.blocks[j], hashes[j])
+            start = req.num_cached_blocks
+            self.pool.cache_blocks(req.blocks[start:full], req.seq.hashes[start:full])
             req.num_cached_blocks = full
 
     def free(self, req: Request) -> None:

@@ -87,6 +87,7 @@ class Workload:
         self.block_size = cfg.engine.block_size
         self.max_context = cfg.model.max_context
         self.session_caching = cfg.engine.prefix_caching == "session"
+        self._openings: dict[tuple[int, int], TokenSeq] = {}  # (profile, prompt) -> prototype
         if isinstance(w, (ChatWorkload, PoissonWorkload)):
             self.profiles: list[Profile] = [w]
             self.weights = np.ones(1)
@@ -162,11 +163,7 @@ class Workload:
         msgs = sample_tokens(prof.user_tokens, rng, turns, cap)
         outs = sample_tokens(prof.output_tokens, rng, turns, cap)
         thinks = prof.think_time_s.sample(rng, turns)
-        root = (session_id + 1) if self.session_caching else 0
-        seq = TokenSeq(self.block_size, root)
-        sys_len = int(self.sys_lengths[k][sys_k])
-        if sys_len:
-            seq.append(k * _SYS_STRIDE + sys_k, sys_len)
+        seq = self._opening(session_id, k, sys_k)
         sid = -1 if prof.sessionless else session_id
         if stagger:
             (delay,) = prof.think_time_s.sample(rng, 1)
@@ -193,6 +190,24 @@ class Workload:
             if thinks[t] > 0:
                 yield engine.timeout(float(thinks[t]))
         return True
+
+    def _opening(self, session_id: int, k: int, sys_k: int) -> TokenSeq:
+        """A session's sequence holding just its system prompt. With shared caching every
+        session of one prompt starts from the same hashes: they are computed once and copied."""
+        sys_len = int(self.sys_lengths[k][sys_k])
+        if self.session_caching:
+            seq = TokenSeq(self.block_size, session_id + 1)
+            if sys_len:
+                seq.append(k * _SYS_STRIDE + sys_k, sys_len)
+            return seq
+        proto = self._openings.get((k, sys_k))
+        if proto is None:
+            proto = TokenSeq(self.block_size, 0)
+            if sys_len:
+                proto.append(k * _SYS_STRIDE + sys_k, sys_len)
+                proto.ensure_hashes(sys_len)
+            self._openings[(k, sys_k)] = proto
+        return proto.copy()
 
     def _trace(self, engine: Engine, w: TraceWorkload) -> Generator[Any, Any, None]:
         from simcore.traces import prompt_segments
