@@ -5,9 +5,10 @@ from simcore.blocks import BlockPool
 
 class CBlockPool(BlockPool): ...
 
-def chain_hashes(
-    parent: int, content_id: int, offset: int, n: int, block_size: int, out: list[int]
-) -> int: ...
+def extend_hashes(
+    segs: list[tuple[int, int]], seg: int, off: int, block_size: int, want: int, hashes: list[int],
+    parent: int,
+) -> tuple[int, int]: ...
 
 def decode_block_events(
     phase: list[list[tuple[int, Any]]], first: int, last: int, pool: CBlockPool, caching: bool

@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
 """Compiled hot paths: CBlockPool (:class:`simcore.blocks.BlockPool`, same rules and results)
-and ``chain_hashes`` (the whole-block loop of ``TokenSeq.ensure_hashes``, same values).
+``extend_hashes`` (``TokenSeq.ensure_hashes``'s loop, same values) and the decode window's
+block events.
 
 Why: a chat request touches ~170 blocks (hits taken, the chain released, evictions); in
 Python each block costs a few dict/list operations, which made block bookkeeping 60% of a
@@ -478,19 +479,42 @@ cdef class CBlockPool:
             raise RuntimeError("blocks not conserved: used + free != usable")
 
 
-def chain_hashes(object parent, object content_id, Py_ssize_t offset, Py_ssize_t n,
-                 Py_ssize_t block_size, list out):
-    """Append ``n`` chained hashes of whole blocks of one segment to ``out``; return the last.
-
-    Block i covers ``[offset + i*block_size, ...)`` of ``content_id``; its hash is Python's
-    ``hash((parent, content_id, start))``, the very value the pure-Python loop computes.
-    """
-    cdef Py_ssize_t i
-    for i in range(n):
-        parent = hash((parent, content_id, offset))
-        out.append(parent)
-        offset += block_size
-    return parent
+def extend_hashes(list segs, Py_ssize_t seg, Py_ssize_t off, Py_ssize_t block_size,
+                  Py_ssize_t want, list hashes, object parent):
+    """``simcore.hashing.py_extend_hashes`` compiled: the same tuples hashed, the same values."""
+    cdef Py_ssize_t bs = block_size, length, take, need, i, n
+    cdef tuple segment
+    cdef list pieces
+    while len(hashes) < want:
+        segment = segs[seg]
+        cid = segment[0]
+        length = segment[1]
+        if length - off >= bs:
+            n = min((length - off) // bs, want - len(hashes))
+            for i in range(n):
+                parent = hash((parent, cid, off))
+                hashes.append(parent)
+                off += bs
+            if off == length:
+                seg += 1
+                off = 0
+            continue
+        pieces = [parent]
+        need = bs
+        while need:
+            segment = segs[seg]
+            cid = segment[0]
+            length = segment[1]
+            take = min(need, length - off)
+            pieces += (cid, off, off + take)
+            need -= take
+            off += take
+            if off == length:
+                seg += 1
+                off = 0
+        parent = hash(tuple(pieces))
+        hashes.append(parent)
+    return seg, off
 
 
 def decode_block_events(list phase, Py_ssize_t first, Py_ssize_t last, CBlockPool pool, bint caching):

@@ -22,19 +22,41 @@ from dataclasses import dataclass, field
 from simcore.native import NATIVE
 
 
-def py_chain_hashes(
-    parent: int, content_id: int, offset: int, n: int, block_size: int, out: list[int]
-) -> int:
-    """Append ``n`` chained hashes of whole blocks of one segment to ``out``; return the last."""
-    for _ in range(n):
-        parent = hash((parent, content_id, offset))
-        out.append(parent)
-        offset += block_size
-    return parent
+def py_extend_hashes(
+    segs: list[tuple[int, int]], seg: int, off: int, block_size: int, want: int, hashes: list[int],
+    parent: int,
+) -> tuple[int, int]:
+    """Append chained block hashes to ``hashes`` until it holds ``want``; the cursor (segment
+    ``seg``, offset ``off``) is the first token not yet hashed. Returns the new cursor."""
+    bs = block_size
+    while len(hashes) < want:
+        cid, length = segs[seg]
+        if length - off >= bs:
+            # fast path: whole blocks inside one segment
+            for _ in range(min((length - off) // bs, want - len(hashes))):
+                parent = hash((parent, cid, off))
+                hashes.append(parent)
+                off += bs
+            if off == length:
+                seg, off = seg + 1, 0
+            continue
+        pieces: list[int] = []
+        need = bs
+        while need:
+            cid, length = segs[seg]
+            take = min(need, length - off)
+            pieces += (cid, off, off + take)
+            need -= take
+            off += take
+            if off == length:
+                seg, off = seg + 1, 0
+        parent = hash((parent, *pieces))
+        hashes.append(parent)
+    return seg, off
 
 
 # the compiled loop (simcore/_native.pyx) gives the same values
-chain_hashes = py_chain_hashes if NATIVE is None else NATIVE.chain_hashes
+extend_hashes = py_extend_hashes if NATIVE is None else NATIVE.extend_hashes
 
 
 @dataclass
@@ -68,33 +90,11 @@ class TokenSeq:
 
     def ensure_hashes(self, num_tokens: int) -> list[int]:
         """Compute hashes for every full block within the first ``num_tokens`` tokens."""
-        bs = self.block_size
-        want = min(num_tokens, self.num_tokens) // bs
+        want = min(num_tokens, self.num_tokens) // self.block_size
         hashes = self.hashes
-        segs = self.segments
-        seg, off = self._seg, self._off
-        parent = hashes[-1] if hashes else self.root
-        while len(hashes) < want:
-            cid, length = segs[seg]
-            if length - off >= bs:
-                # fast path: whole blocks inside one segment
-                n_whole = min((length - off) // bs, want - len(hashes))
-                parent = chain_hashes(parent, cid, off, n_whole, bs, hashes)
-                off += n_whole * bs
-                if off == length:
-                    seg, off = seg + 1, 0
-                continue
-            pieces: list[int] = []
-            need = bs
-            while need:
-                cid, length = segs[seg]
-                take = min(need, length - off)
-                pieces += (cid, off, off + take)
-                need -= take
-                off += take
-                if off == length:
-                    seg, off = seg + 1, 0
-            parent = hash((parent, *pieces))
-            hashes.append(parent)
-        self._seg, self._off = seg, off
+        if len(hashes) < want:
+            parent = hashes[-1] if hashes else self.root
+            self._seg, self._off = extend_hashes(
+                self.segments, self._seg, self._off, self.block_size, want, hashes, parent
+            )
         return hashes

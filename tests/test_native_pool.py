@@ -95,17 +95,25 @@ def test_native_pool_matches_reference(operations, num_blocks, caching):
 
 
 @pytest.mark.skipif(NATIVE is None, reason="compiled module not built")
-@given(st.integers(-(2**63), 2**63 - 1), st.integers(-(2**40), 2**40), st.integers(0, 10**6),
-       st.integers(0, 40), st.sampled_from([1, 8, 16, 32]))
-def test_native_chain_hashes_match_python(parent, content_id, offset, n, block_size):
-    from simcore._native import chain_hashes
-    from simcore.hashing import py_chain_hashes
+@given(st.integers(-(2**63), 2**63 - 1),
+       st.lists(st.tuples(st.integers(-(2**40), 2**40), st.integers(1, 70)), min_size=1, max_size=12),
+       st.sampled_from([1, 3, 8, 16]), st.data())
+def test_native_extend_hashes_match_python(root, segments, block_size, data):
+    """Block hashes over random segment layouts (blocks inside one segment, straddling several,
+    partial prefixes already hashed) are the same values in C and in Python."""
+    from simcore._native import extend_hashes
+    from simcore.hashing import py_extend_hashes
 
-    native: list[int] = [7]
-    python: list[int] = [7]
-    last = chain_hashes(parent, content_id, offset, n, block_size, native)
-    assert last == py_chain_hashes(parent, content_id, offset, n, block_size, python)
-    assert native == python and len(native) == n + 1
+    total = sum(n for _, n in segments) // block_size
+    first = data.draw(st.integers(0, total))
+    want = data.draw(st.integers(first, total))
+    start: list[int] = []
+    cursor = py_extend_hashes(segments, 0, 0, block_size, first, start, root)
+    parent = start[-1] if start else root
+    native, python = list(start), list(start)
+    got = extend_hashes(segments, *cursor, block_size, want, native, parent)
+    assert got == py_extend_hashes(segments, *cursor, block_size, want, python, parent)
+    assert native == python and len(native) == want
 
 
 @pytest.mark.skipif(NATIVE is None, reason="compiled pool not built")
