@@ -55,6 +55,7 @@ cdef class CBlockPool:
     cdef Py_ssize_t tcap, tcount
     cdef int tshift
     cdef dict dups               # hash -> further blocks holding it (rare)
+    cdef list ids                # ids[b] is b: one int object per block, shared by all lists
 
     def __cinit__(self, num_blocks, enable_caching=True):
         self.ref = NULL
@@ -80,6 +81,7 @@ cdef class CBlockPool:
         self.unbounded = num_blocks >= 2 ** 62
         self.limit = <Py_ssize_t>(2 ** 62) if self.unbounded else int(num_blocks)
         self.cap = 0
+        self.ids = []
         self._grow(1)
         self.ref[0] = 1  # the null block is never freed
         self.next_fresh = 1
@@ -121,6 +123,7 @@ cdef class CBlockPool:
         memset(self.ref + old, 0, (new_cap - old) * sizeof(int32_t))
         memset(self.hashed + old, 0, (new_cap - old) * sizeof(char))
         memset(self.in_lru + old, 0, (new_cap - old) * sizeof(char))
+        self.ids.extend(range(old, new_cap))
         self.cap = new_cap
 
     cdef void* _realloc(self, void* p, size_t size) except NULL:
@@ -270,7 +273,7 @@ cdef class CBlockPool:
 
     def cached_block(self, block_hash: int):
         cdef Py_ssize_t b = self._find(block_hash)
-        return b if b else None
+        return self.ids[b] if b else None
 
     def hash_of(self, block_id: int):
         cdef Py_ssize_t b = self._check_id(block_id)
@@ -286,7 +289,7 @@ cdef class CBlockPool:
         out.extend(range(self.next_fresh, min(self.limit, self.next_fresh + 10 ** 6)))
         cdef Py_ssize_t b = self.head
         while b != NONE:
-            out.append(b)
+            out.append(self.ids[b])
             b = self.nxt[b]
         return out
 
@@ -300,7 +303,7 @@ cdef class CBlockPool:
             b = self._find(hashes[j])
             if b == 0:
                 break
-            out.append(b)
+            out.append(self.ids[b])
         return out
 
     def longest_hit_hinted(self, hashes: list, Py_ssize_t max_blocks, list hint=None):
@@ -320,7 +323,7 @@ cdef class CBlockPool:
             b = self._find(hashes[j])
             if b == 0:
                 break
-            out.append(b)
+            out.append(self.ids[b])
         return out
 
     def count_free_in(self, block_ids: list):
@@ -365,7 +368,7 @@ cdef class CBlockPool:
     def allocate_one(self):
         """``allocate(1)`` without the list (the decode hot path)."""
         cdef Py_ssize_t b = self._take_one()
-        return None if b < 0 else b
+        return None if b < 0 else self.ids[b]
 
     def allocate(self, Py_ssize_t n):
         """``n`` blocks from the head of the free queue with count 1, or ``None`` if fewer are free.
@@ -377,7 +380,7 @@ cdef class CBlockPool:
             return None
         out = []
         for i in range(n):
-            out.append(self._take_one())
+            out.append(self.ids[self._take_one()])
         return out
 
     cdef int _evict(self, Py_ssize_t b) except -1:
@@ -539,7 +542,7 @@ def decode_block_events(list phase, Py_ssize_t first, Py_ssize_t last, CBlockPoo
             bucket = phase[-step % bs]
             for entry in bucket:
                 b = pool._take_one()
-                (<list>entry[1].blocks).append(b)
+                (<list>entry[1].blocks).append(pool.ids[b])
     if not caching or not pool.enable_caching:
         return
     for step in range(first, last + 1):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -62,10 +63,12 @@ def test_native_pool_matches_reference(operations, num_blocks, caching):
                 p.free(blocks)
         elif op == "hit" and chains:
             hashes = chains[n % len(chains)]
-            hint = held[h % len(held)] if held else None
             found = [p.longest_hit(hashes, len(hashes)) for p in pools]
             assert found[0] == found[1]
-            assert [p.longest_hit_hinted(hashes, len(hashes), hint) for p in pools] == found
+            # a hint from some other held chain: the hinted lookup must still give exactly the
+            # linear result
+            ids = held[h % len(held)] if held else None
+            assert [p.longest_hit_hinted(hashes, len(hashes), ids) for p in pools] == found
             assert [p.count_free_in(found[0]) for p in pools] == [pools[0].count_free_in(found[0])] * 2
             if found[0]:
                 for p in pools:
@@ -75,15 +78,17 @@ def test_native_pool_matches_reference(operations, num_blocks, caching):
             owner = held[n % len(held)]
             todo = [b for b in owner if pools[0].hash_of(b) is None]
             base = 1000 * (h if op == "cache_dup" else len(chains) + 13)
-            hashes = [base + i for i in range(len(todo))]
+            # chained, as TokenSeq's are: block i's hash covers blocks 0..i
+            hashes = list(itertools.accumulate(range(len(todo)), lambda prev, i: hash((prev, i)),
+                                               initial=base))[1:]
             for p in pools:
                 for b, hv in zip(todo, hashes, strict=True):
                     p.cache_block(b, hv)
             if caching and hashes:
                 chains.append(hashes)
         assert _state(pools[0]) == _state(pools[1])
-        assert [p.cached_block(hv) for p in pools for hv in (1000, 1001, 13000)][:3] == \
-            [pools[1].cached_block(hv) for hv in (1000, 1001, 13000)]
+        probe = [hv for chain in chains[-3:] for hv in chain[:3]]
+        assert [pools[0].cached_block(hv) for hv in probe] == [pools[1].cached_block(hv) for hv in probe]
         pools[1].check_invariants()
     for blocks in held:
         for p in pools:
