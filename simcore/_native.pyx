@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-"""Compiled hot paths: CBlockPool (:class:`simcore.blocks.BlockPool`, same rules and results)
+"""Compiled hot paths: CBlockPool (:class:`simcore.blocks.BlockPool`, same rules and results),
 ``extend_hashes`` (``TokenSeq.ensure_hashes``'s loop, same values) and the decode window's
 block events.
 
@@ -11,11 +11,9 @@ queue is an intrusive doubly linked list, as vLLM's ``FreeKVCacheBlockQueue`` is
 The pure-Python ``BlockPool`` stays the reference: the tests run every BlockPool test on both
 classes and hold them to identical results over random operation sequences (hypothesis).
 
-Layout per block id ``b`` (index 0 is the null block)::
-
-    ref[b]     reference count
-    hashed[b]  whether it holds a hash; hval[b] the hash (a Python hash, fits in int64)
-    prv/nxt    LRU links while it is a cached free block (-1 at the ends)
+Per block id ``b`` (index 0 is the null block) one ``Blk`` struct: reference count, hash
+(a Python hash, fits in int64) and whether it holds one, LRU links while it is a cached free
+block. The hash -> block map is an open-addressing table over C arrays.
 
 Free queue, head to tail: unhashed stack (last pushed first) | never-used ids | LRU list.
 """
@@ -31,6 +29,16 @@ import math
 cdef Py_ssize_t NONE = -1
 
 
+cdef struct Blk:
+    # one block's state in one place (32 bytes): touching a block costs one cache line
+    int64_t hval      # its hash, when hashed
+    int64_t prv       # LRU links while it is a cached free block (-1 at the ends)
+    int64_t nxt
+    int32_t ref       # reference count
+    char hashed
+    char in_lru
+
+
 cdef class CBlockPool:
     cdef readonly object num_blocks
     cdef readonly bint enable_caching
@@ -39,12 +47,7 @@ cdef class CBlockPool:
     cdef bint unbounded
     cdef Py_ssize_t cap          # length of the arrays
     cdef Py_ssize_t next_fresh   # never-used ids are [next_fresh, limit)
-    cdef int32_t* ref
-    cdef int64_t* hval
-    cdef char* hashed
-    cdef char* in_lru
-    cdef Py_ssize_t* prv
-    cdef Py_ssize_t* nxt
+    cdef Blk* blk                # per-block state, by id
     cdef Py_ssize_t head, tail, n_lru
     cdef Py_ssize_t* stack
     cdef Py_ssize_t n_stack, stack_cap
@@ -58,12 +61,7 @@ cdef class CBlockPool:
     cdef list ids                # ids[b] is b: one int object per block, shared by all lists
 
     def __cinit__(self, num_blocks, enable_caching=True):
-        self.ref = NULL
-        self.hval = NULL
-        self.hashed = NULL
-        self.in_lru = NULL
-        self.prv = NULL
-        self.nxt = NULL
+        self.blk = NULL
         self.stack = NULL
         self.tkeys = NULL
         self.tvals = NULL
@@ -83,7 +81,7 @@ cdef class CBlockPool:
         self.cap = 0
         self.ids = []
         self._grow(1)
-        self.ref[0] = 1  # the null block is never freed
+        self.blk[0].ref = 1  # the null block is never freed
         self.next_fresh = 1
         self.head = NONE
         self.tail = NONE
@@ -96,12 +94,7 @@ cdef class CBlockPool:
         self.dups = {}
 
     def __dealloc__(self):
-        c_free(self.ref)
-        c_free(self.hval)
-        c_free(self.hashed)
-        c_free(self.in_lru)
-        c_free(self.prv)
-        c_free(self.nxt)
+        c_free(self.blk)
         c_free(self.stack)
         c_free(self.tkeys)
         c_free(self.tvals)
@@ -114,15 +107,8 @@ cdef class CBlockPool:
         cdef Py_ssize_t new_cap = max(need, 2 * self.cap, 1024)
         new_cap = min(new_cap, self.limit)
         cdef Py_ssize_t old = self.cap
-        self.ref = <int32_t*>self._realloc(self.ref, new_cap * sizeof(int32_t))
-        self.hval = <int64_t*>self._realloc(self.hval, new_cap * sizeof(int64_t))
-        self.hashed = <char*>self._realloc(self.hashed, new_cap * sizeof(char))
-        self.in_lru = <char*>self._realloc(self.in_lru, new_cap * sizeof(char))
-        self.prv = <Py_ssize_t*>self._realloc(self.prv, new_cap * sizeof(Py_ssize_t))
-        self.nxt = <Py_ssize_t*>self._realloc(self.nxt, new_cap * sizeof(Py_ssize_t))
-        memset(self.ref + old, 0, (new_cap - old) * sizeof(int32_t))
-        memset(self.hashed + old, 0, (new_cap - old) * sizeof(char))
-        memset(self.in_lru + old, 0, (new_cap - old) * sizeof(char))
+        self.blk = <Blk*>self._realloc(self.blk, new_cap * sizeof(Blk))
+        memset(self.blk + old, 0, (new_cap - old) * sizeof(Blk))
         self.ids.extend(range(old, new_cap))
         self.cap = new_cap
 
@@ -140,28 +126,28 @@ cdef class CBlockPool:
         self.n_stack += 1
 
     cdef inline void _lru_append(self, Py_ssize_t b):
-        self.prv[b] = self.tail
-        self.nxt[b] = NONE
+        self.blk[b].prv = self.tail
+        self.blk[b].nxt = NONE
         if self.tail == NONE:
             self.head = b
         else:
-            self.nxt[self.tail] = b
+            self.blk[self.tail].nxt = b
         self.tail = b
-        self.in_lru[b] = 1
+        self.blk[b].in_lru = 1
         self.n_lru += 1
 
     cdef inline void _lru_remove(self, Py_ssize_t b):
-        cdef Py_ssize_t p = self.prv[b]
-        cdef Py_ssize_t n = self.nxt[b]
+        cdef Py_ssize_t p = self.blk[b].prv
+        cdef Py_ssize_t n = self.blk[b].nxt
         if p == NONE:
             self.head = n
         else:
-            self.nxt[p] = n
+            self.blk[p].nxt = n
         if n == NONE:
             self.tail = p
         else:
-            self.prv[n] = p
-        self.in_lru[b] = 0
+            self.blk[n].prv = p
+        self.blk[b].in_lru = 0
         self.n_lru -= 1
 
     cdef inline Py_ssize_t _check_id(self, object block_id) except -1:
@@ -255,7 +241,7 @@ cdef class CBlockPool:
     @property
     def ref_cnt(self):
         """Reference counts of the blocks handed out so far, by id (a copy; for tests)."""
-        return [self.ref[b] for b in range(self.next_fresh)]
+        return [self.blk[b].ref for b in range(self.next_fresh)]
 
     def num_free(self):
         """Blocks that can be allocated now (free, cached or never used)."""
@@ -277,11 +263,11 @@ cdef class CBlockPool:
 
     def hash_of(self, block_id: int):
         cdef Py_ssize_t b = self._check_id(block_id)
-        return self.hval[b] if self.hashed[b] else None
+        return self.blk[b].hval if self.blk[b].hashed else None
 
     def is_free(self, block_id: int):
         cdef Py_ssize_t b = self._check_id(block_id)
-        return self.ref[b] == 0
+        return self.blk[b].ref == 0
 
     def free_queue(self):
         """The free queue head to tail, materialised (for tests and debugging; O(N))."""
@@ -290,7 +276,7 @@ cdef class CBlockPool:
         cdef Py_ssize_t b = self.head
         while b != NONE:
             out.append(self.ids[b])
-            b = self.nxt[b]
+            b = self.blk[b].nxt
         return out
 
     def longest_hit(self, hashes: list, Py_ssize_t max_blocks):
@@ -315,7 +301,7 @@ cdef class CBlockPool:
             n = min(len(hint), hi)
             while m < n:
                 b = hint[m]
-                if b < 0 or b >= self.next_fresh or not self.hashed[b] or self.hval[b] != <int64_t>hashes[m]:
+                if b < 0 or b >= self.next_fresh or not self.blk[b].hashed or self.blk[b].hval != <int64_t>hashes[m]:
                     break
                 m += 1
         out = hint[:m] if m else []
@@ -330,7 +316,7 @@ cdef class CBlockPool:
         """How many of ``block_ids`` sit in the free queue (a hit on them uses up free capacity)."""
         cdef Py_ssize_t b, n = 0
         for b in block_ids:
-            if self.ref[b] == 0:
+            if self.blk[b].ref == 0:
                 n += 1
         return n
 
@@ -339,11 +325,11 @@ cdef class CBlockPool:
         """Take a reference on each (cached) block; a free one leaves the free queue."""
         cdef Py_ssize_t b
         for b in block_ids:
-            if self.ref[b] == 0:
-                if not self.in_lru[b]:
+            if self.blk[b].ref == 0:
+                if not self.blk[b].in_lru:
                     raise KeyError(b)
                 self._lru_remove(b)
-            self.ref[b] += 1
+            self.blk[b].ref += 1
 
     cdef Py_ssize_t _take_one(self) except -2:
         """The head of the free queue with count 1, or -1 when none is free."""
@@ -355,14 +341,14 @@ cdef class CBlockPool:
             b = self.next_fresh
             self._grow(b + 1)
             self.next_fresh += 1
-            self.hashed[b] = 0
+            self.blk[b].hashed = 0
         elif self.head != NONE:
             b = self.head
             self._lru_remove(b)
             self._evict(b)
         else:
             return -1
-        self.ref[b] = 1
+        self.blk[b].ref = 1
         return b
 
     def allocate_one(self):
@@ -384,10 +370,10 @@ cdef class CBlockPool:
         return out
 
     cdef int _evict(self, Py_ssize_t b) except -1:
-        if not self.hashed[b]:
+        if not self.blk[b].hashed:
             raise RuntimeError(f"block {b} in the cached free queue has no hash")
-        cdef int64_t h = self.hval[b]
-        self.hashed[b] = 0
+        cdef int64_t h = self.blk[b].hval
+        self.blk[b].hashed = 0
         self.evictions += 1
         if not self.dups or h not in self.dups:  # the common case: the only block holding h
             self._delete(h)
@@ -417,12 +403,12 @@ cdef class CBlockPool:
             self._cache(self._check_id(block_ids[i]), hashes[i])
 
     cdef int _cache(self, Py_ssize_t b, int64_t h) except -1:
-        if self.hashed[b]:
+        if self.blk[b].hashed:
             raise RuntimeError(f"block {b} already holds a hash")
-        if self.ref[b] <= 0:
+        if self.blk[b].ref <= 0:
             raise RuntimeError(f"block {b} is free; only blocks in use can be cached")
-        self.hashed[b] = 1
-        self.hval[b] = h
+        self.blk[b].hashed = 1
+        self.blk[b].hval = h
         if self._find(h):
             self.dups.setdefault(h, []).append(b)
         else:
@@ -435,17 +421,17 @@ cdef class CBlockPool:
         cdef int32_t c
         for i in range(len(block_ids) - 1, -1, -1):
             b = block_ids[i]
-            c = self.ref[b] - 1
+            c = self.blk[b].ref - 1
             if c == 0:
-                self.ref[b] = 0
-                if self.hashed[b]:
+                self.blk[b].ref = 0
+                if self.blk[b].hashed:
                     self._lru_append(b)
                 else:
                     self._push_stack(b)
             elif c < 0:
                 raise RuntimeError(f"block {b} freed more often than it was taken")
             else:
-                self.ref[b] = c
+                self.blk[b].ref = c
 
     def check_invariants(self):
         """Raise if the pool's bookkeeping is inconsistent (for tests)."""
@@ -454,17 +440,17 @@ cdef class CBlockPool:
         b = self.head
         while b != NONE:
             n += 1
-            if not self.in_lru[b] or not self.hashed[b]:
+            if not self.blk[b].in_lru or not self.blk[b].hashed:
                 raise RuntimeError(f"block {b} is in the LRU list but flagged otherwise")
-            b = self.nxt[b]
+            b = self.blk[b].nxt
         if n != self.n_lru:
             raise RuntimeError(f"LRU list holds {n} blocks, count says {self.n_lru}")
         for b in range(1, self.next_fresh):
-            if self.ref[b] < 0:
-                raise RuntimeError(f"block {b} has ref count {self.ref[b]}")
-            queued = bool(self.in_lru[b]) or b in in_stack
-            if (self.ref[b] == 0) != queued:
-                raise RuntimeError(f"block {b}: ref count {self.ref[b]} but in_queue={queued}")
+            if self.blk[b].ref < 0:
+                raise RuntimeError(f"block {b} has ref count {self.blk[b].ref}")
+            queued = bool(self.blk[b].in_lru) or b in in_stack
+            if (self.blk[b].ref == 0) != queued:
+                raise RuntimeError(f"block {b}: ref count {self.blk[b].ref} but in_queue={queued}")
         n = 0
         for i in range(self.tcap):
             b = self.tvals[i]
@@ -472,7 +458,7 @@ cdef class CBlockPool:
                 continue
             n += 1
             h = self.tkeys[i]
-            if not self.hashed[b] or self.hval[b] != h:
+            if not self.blk[b].hashed or self.blk[b].hval != h:
                 raise RuntimeError(f"hash map says block {b} holds {h}, block says otherwise")
             if self._find(h) != b:
                 raise RuntimeError(f"hash {h} sits where a probe cannot find it")
