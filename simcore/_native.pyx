@@ -23,10 +23,26 @@ from libc.stdlib cimport calloc
 from libc.stdlib cimport free as c_free
 from libc.stdlib cimport realloc
 from libc.string cimport memset
+from cpython cimport array
+
+import array as py_array
 
 import math
 
 cdef Py_ssize_t NONE = -1
+
+
+cdef inline array.array _i64(object seq):
+    """``seq`` as an array('q') (TokenSeq's hashes already are one; lists are converted)."""
+    if type(seq) is py_array.array and (<array.array>seq).ob_descr.typecode == b"q":
+        return <array.array>seq
+    return py_array.array("q", seq)
+
+
+cdef inline void _push_i64(array.array a, int64_t v) except *:
+    cdef Py_ssize_t n = len(a)
+    array.resize_smart(a, n + 1)
+    a.data.as_longlongs[n] = v
 
 
 cdef struct Blk:
@@ -279,34 +295,38 @@ cdef class CBlockPool:
             b = self.blk[b].nxt
         return out
 
-    def longest_hit(self, hashes: list, Py_ssize_t max_blocks):
+    def longest_hit(self, hashes, Py_ssize_t max_blocks):
         """Block ids of the longest leading run of ``hashes`` that is cached, at most ``max_blocks``."""
-        cdef Py_ssize_t n = min(max_blocks, len(hashes))
+        cdef array.array ha = _i64(hashes)
+        cdef int64_t* hp = <int64_t*>ha.data.as_longlongs
+        cdef Py_ssize_t n = min(max_blocks, len(ha))
         cdef Py_ssize_t j
         cdef Py_ssize_t b
         out = []
         for j in range(n):
-            b = self._find(hashes[j])
+            b = self._find(hp[j])
             if b == 0:
                 break
             out.append(self.ids[b])
         return out
 
-    def longest_hit_hinted(self, hashes: list, Py_ssize_t max_blocks, list hint=None):
+    def longest_hit_hinted(self, hashes, Py_ssize_t max_blocks, list hint=None):
         """``BlockPool.longest_hit_hinted``: the hint's leading run of blocks that still hold
-        the chain's hashes, compared in C, then dict lookups until the first miss."""
-        cdef Py_ssize_t hi = min(max_blocks, len(hashes))
+        the chain's hashes, compared in C, then table lookups until the first miss."""
+        cdef array.array ha = _i64(hashes)
+        cdef int64_t* hp = <int64_t*>ha.data.as_longlongs
+        cdef Py_ssize_t hi = min(max_blocks, len(ha))
         cdef Py_ssize_t m = 0, n, b
         if hint is not None and not self.dups:
             n = min(len(hint), hi)
             while m < n:
                 b = hint[m]
-                if b < 0 or b >= self.next_fresh or not self.blk[b].hashed or self.blk[b].hval != <int64_t>hashes[m]:
+                if b < 0 or b >= self.next_fresh or not self.blk[b].hashed or self.blk[b].hval != hp[m]:
                     break
                 m += 1
         out = hint[:m] if m else []
         for j in range(m, hi):
-            b = self._find(hashes[j])
+            b = self._find(hp[j])
             if b == 0:
                 break
             out.append(self.ids[b])
@@ -392,15 +412,17 @@ cdef class CBlockPool:
         if self.enable_caching:
             self._cache(self._check_id(block_id), block_hash)
 
-    def cache_blocks(self, block_ids: list, hashes: list):
+    def cache_blocks(self, block_ids: list, hashes):
         """``cache_block`` for each pair, in order."""
         cdef Py_ssize_t i
-        if len(block_ids) != len(hashes):
+        cdef array.array ha = _i64(hashes)
+        cdef int64_t* hp = <int64_t*>ha.data.as_longlongs
+        if len(block_ids) != len(ha):
             raise ValueError("cache_blocks: block_ids and hashes differ in length")
         if not self.enable_caching:
             return
         for i in range(len(block_ids)):
-            self._cache(self._check_id(block_ids[i]), hashes[i])
+            self._cache(self._check_id(block_ids[i]), hp[i])
 
     cdef int _cache(self, Py_ssize_t b, int64_t h) except -1:
         if self.blk[b].hashed:
@@ -469,7 +491,7 @@ cdef class CBlockPool:
 
 
 def extend_hashes(list segs, Py_ssize_t seg, Py_ssize_t off, Py_ssize_t block_size,
-                  Py_ssize_t want, list hashes, object parent):
+                  Py_ssize_t want, array.array hashes, object parent):
     """``simcore.hashing.py_extend_hashes`` compiled: the same tuples hashed, the same values."""
     cdef Py_ssize_t bs = block_size, length, take, need, i, n
     cdef tuple segment
@@ -482,7 +504,7 @@ def extend_hashes(list segs, Py_ssize_t seg, Py_ssize_t off, Py_ssize_t block_si
             n = min((length - off) // bs, want - len(hashes))
             for i in range(n):
                 parent = hash((parent, cid, off))
-                hashes.append(parent)
+                _push_i64(hashes, parent)
                 off += bs
             if off == length:
                 seg += 1
@@ -502,7 +524,7 @@ def extend_hashes(list segs, Py_ssize_t seg, Py_ssize_t off, Py_ssize_t block_si
                 seg += 1
                 off = 0
         parent = hash(tuple(pieces))
-        hashes.append(parent)
+        _push_i64(hashes, parent)
     return seg, off
 
 
@@ -538,5 +560,5 @@ def decode_block_events(list phase, Py_ssize_t first, Py_ssize_t last, CBlockPoo
             c0 = req.c0
             d0 = req.d0
             j = (c0 + step - d0 + 1) // bs - 1
-            pool._cache(<Py_ssize_t>(<list>req.blocks)[j], <int64_t>(<list>req.seq.hashes)[j])
+            pool._cache(<Py_ssize_t>(<list>req.blocks)[j], (<array.array?>req.seq.hashes).data.as_longlongs[j])
             req.num_cached_blocks = j + 1

@@ -107,7 +107,7 @@ class BlockPool:
         if hint and not self._dup_blocks:
             n = min(len(hint), hi)
             held = [self.block_hash[b] for b in hint[:n]]
-            m = n if held == hashes[:n] else next(j for j in range(n) if held[j] != hashes[j])
+            m = n if held == list(hashes[:n]) else next(j for j in range(n) if held[j] != hashes[j])
         out = list(hint[:m]) if hint and m else []
         get = self._hash_to_block.get
         for h in hashes[m:hi]:

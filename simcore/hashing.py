@@ -17,14 +17,16 @@ session-only caching. A 64-bit collision between distinct blocks is possible in 
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import MutableSequence
 from dataclasses import dataclass, field
 
 from simcore.native import NATIVE
 
 
 def py_extend_hashes(
-    segs: list[tuple[int, int]], seg: int, off: int, block_size: int, want: int, hashes: list[int],
-    parent: int,
+    segs: list[tuple[int, int]], seg: int, off: int, block_size: int, want: int,
+    hashes: MutableSequence[int], parent: int,
 ) -> tuple[int, int]:
     """Append chained block hashes to ``hashes`` until it holds ``want``; the cursor (segment
     ``seg``, offset ``off``) is the first token not yet hashed. Returns the new cursor."""
@@ -67,7 +69,8 @@ class TokenSeq:
     root: int = 0
     segments: list[tuple[int, int]] = field(default_factory=list)
     num_tokens: int = 0
-    hashes: list[int] = field(default_factory=list)
+    # full-block hashes as 64-bit integers in one buffer (compiled code reads them in place)
+    hashes: array[int] = field(default_factory=lambda: array("q"))
     # cursor: first token not yet covered by ``hashes`` sits in segment _seg at offset _off
     _seg: int = 0
     _off: int = 0
@@ -84,11 +87,11 @@ class TokenSeq:
     def copy(self) -> TokenSeq:
         """An independent copy sharing nothing mutable (hash lists are copied, O(blocks))."""
         return TokenSeq(
-            self.block_size, self.root, list(self.segments), self.num_tokens, list(self.hashes),
+            self.block_size, self.root, list(self.segments), self.num_tokens, self.hashes[:],
             self._seg, self._off,
         )
 
-    def ensure_hashes(self, num_tokens: int) -> list[int]:
+    def ensure_hashes(self, num_tokens: int) -> array[int]:
         """Compute hashes for every full block within the first ``num_tokens`` tokens."""
         want = min(num_tokens, self.num_tokens) // self.block_size
         hashes = self.hashes

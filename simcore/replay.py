@@ -107,7 +107,7 @@ def request_block_hashes(
         seq = TokenSeq(block_size, root=0)
         for cid, length in prompt_segments(req, index, trace_block_tokens):
             seq.append(cid, length)
-        out.append(seq.ensure_hashes(seq.num_tokens))
+        out.append(seq.ensure_hashes(seq.num_tokens).tolist())
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from array import array
 
 import pytest
 from hypothesis import given, settings
@@ -112,10 +113,10 @@ def test_native_extend_hashes_match_python(root, segments, block_size, data):
     total = sum(n for _, n in segments) // block_size
     first = data.draw(st.integers(0, total))
     want = data.draw(st.integers(first, total))
-    start: list[int] = []
+    start = array("q")
     cursor = py_extend_hashes(segments, 0, 0, block_size, first, start, root)
     parent = start[-1] if start else root
-    native, python = list(start), list(start)
+    native, python = start[:], start[:]
     got = extend_hashes(segments, *cursor, block_size, want, native, parent)
     assert got == py_extend_hashes(segments, *cursor, block_size, want, python, parent)
     assert native == python and len(native) == want
