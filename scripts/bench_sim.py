@@ -3,6 +3,8 @@
 Prints simulated requests per wall-second, simulated seconds per wall-second, engine steps,
 events and peak RSS for the fast mode (median of --repeat runs), and the same figures for the
 one-step-at-a-time reference mode on a shorter run, with the speed-up, measured in this run.
+With ``--pure-requests`` it also runs fast mode with the compiled paths off
+(KVSWEEP_PURE_PYTHON=1, in a child process) to show what the compiled module buys.
 
     python scripts/bench_sim.py                 # 20,000 requests, 3 repeats
     python scripts/bench_sim.py --requests 5000 --repeat 1
@@ -11,8 +13,11 @@ one-step-at-a-time reference mode on a shorter run, with the speed-up, measured 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from simcore import native  # noqa: E402
 from simcore.api import simulate  # noqa: E402
 from sweep.cmd_simulate import load_config  # noqa: E402
 
@@ -40,6 +46,16 @@ def run(path: str, requests: int, mode: str) -> dict[str, float]:
     }
 
 
+def run_pure(path: str, requests: int) -> dict[str, float]:
+    """One fast-mode run in a child process with the compiled paths turned off."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_sim; "
+            "print(json.dumps(bench_sim.run(sys.argv[2], int(sys.argv[3]), 'fast')))")
+    env = {**os.environ, native.PURE_ENV: "1"}
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), path, str(requests)],
+                         env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
 def show(label: str, rows: list[dict[str, float]]) -> dict[str, float]:
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     print(f"{label:<10} wall {med['wall_s']:7.2f} s | {med['req_per_s']:9,.0f} simulated req/wall-s | "
@@ -58,8 +74,11 @@ def main() -> None:
                     help="requests for the reference-mode comparison (0 to skip)")
     ap.add_argument("--scaling", default="5000,10000,20000,40000",
                     help="request counts for the linearity check (empty to skip)")
+    ap.add_argument("--pure-requests", type=int, default=3_000,
+                    help="requests for the compiled vs pure-Python comparison (0 to skip)")
     args = ap.parse_args()
     print(f"scenario: {args.config}, {args.requests:,} requests, median of {args.repeat} runs")
+    print(f"fast mode runs: {native.describe()}")
     fast = show("fast", [run(args.config, args.requests, "fast") for _ in range(args.repeat)])
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {rss_mib:,.0f} MiB")
@@ -69,6 +88,14 @@ def main() -> None:
         f_small = show("fast", [run(args.config, n, "fast") for _ in range(args.repeat)])
         r_small = show("reference", [run(args.config, n, "reference") for _ in range(args.repeat)])
         print(f"fast / reference speed-up: {r_small['wall_s'] / f_small['wall_s']:.2f}x")
+    if args.pure_requests and native.NATIVE is not None:
+        n = args.pure_requests
+        print(f"same scenario, {n:,} requests, fast mode compiled and pure Python:")
+        c_small = show("compiled", [run(args.config, n, "fast") for _ in range(args.repeat)])
+        p_small = show("pure", [run_pure(args.config, n) for _ in range(args.repeat)])
+        if (c_small["hit_rate"], c_small["ttft_p50_ms"]) != (p_small["hit_rate"], p_small["ttft_p50_ms"]):
+            raise SystemExit("compiled and pure-Python runs disagree: a bug")
+        print(f"compiled / pure-Python speed-up: {p_small['wall_s'] / c_small['wall_s']:.2f}x")
     if args.scaling:
         print("linearity (fast mode): wall microseconds per simulated request")
         for n in (int(x) for x in args.scaling.split(",")):
