@@ -11,6 +11,27 @@ from simcore.engine import Engine
 from simcore.hashing import TokenSeq
 from simcore.metrics import RequestRecord
 
+_INFEASIBLE_AXIS = "  gpu.memory_gib: [4, 40]          # 4 GiB: infeasible\n"
+
+
+def tiny_sweep(name: str, users: str = "[2, 4, 8]", infeasible: bool = True, extra_axes: str = "") -> str:
+    """A sweep spec of tiny runs (20 requests of Llama-3.2-1B on an A100-40GB) over users and
+    caching mode, seeds 2; ``infeasible`` adds a 4 GiB GPU whose runs are infeasible."""
+    return (
+        f"name: {name}\n"
+        "base:\n"
+        "  model: Llama-3.2-1B\n"
+        "  gpu: A100-40GB\n"
+        "  workload: {kind: chat, users: 4, turns: 2}\n"
+        "  run: {num_requests: 20}\n"
+        "grid:\n"
+        f"  workload.users: {users}\n"
+        "  engine.prefix_caching: [off, prefix]\n"
+        + (_INFEASIBLE_AXIS if infeasible else "")
+        + extra_axes
+        + "seeds: 2\n"
+    )
+
 
 def small_cfg(**over: Any) -> SimConfig:
     """Llama-3.2-1B on an A100-40GB with block size 4 unless overridden (dotted keys allowed)."""

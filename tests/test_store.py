@@ -18,21 +18,10 @@ from sweep.cli import main as kvsweep
 from sweep.executors import FAULTS_ENV, BatchSizer, Result, parse_faults
 from sweep.spec import SweepSpec
 from sweep.store import CONTEXT_COLUMNS, LEAD_COLUMNS, TAIL_COLUMNS, Dataset, runs_columns, runs_schema
+from tests.simhelpers import tiny_sweep
 
-TINY = """\
-name: tiny
-base:
-  model: Llama-3.2-1B
-  gpu: A100-40GB
-  workload: {kind: chat, users: 4, turns: 2}
-  run: {num_requests: 20}
-grid:
-  workload.users: [2, 4]
-  engine.prefix_caching: [off, prefix]
-  gpu.memory_gib: [4, 40]          # 4 GiB: weights and reserve do not fit -> infeasible
-  engine.block_size: [16, 32]      # not a context column: gets its own
-seeds: 2
-"""
+# engine.block_size is not a context column: it gets its own
+TINY = tiny_sweep("tiny", users="[2, 4]", extra_axes="  engine.block_size: [16, 32]\n")
 RUNS = 32
 
 

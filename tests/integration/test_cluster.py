@@ -18,21 +18,11 @@ import pyarrow.dataset as ds
 import pytest
 
 from sweep.spec import SweepSpec
+from tests.simhelpers import tiny_sweep
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-SPEC = """\
-name: on-cluster
-base:
-  model: Llama-3.2-1B
-  gpu: A100-40GB
-  workload: {kind: chat, users: 4, turns: 2}
-  run: {num_requests: 20}
-grid:
-  workload.users: [2, 4, 8]
-  engine.prefix_caching: [off, prefix]
-seeds: 2
-"""
+SPEC = tiny_sweep("on-cluster", infeasible=False)
 
 
 @pytest.fixture(scope="module")

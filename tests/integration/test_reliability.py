@@ -30,22 +30,11 @@ from sweep.cli import main as kvsweep
 from sweep.executors import FAULTS_ENV
 from sweep.spec import SweepSpec
 from sweep.store import LOCK_FILE, _start_ticks
+from tests.simhelpers import tiny_sweep
 
 pytestmark = [pytest.mark.ray]
 
-TINY = """\
-name: rel
-base:
-  model: Llama-3.2-1B
-  gpu: A100-40GB
-  workload: {kind: chat, users: 4, turns: 2}
-  run: {num_requests: 20}
-grid:
-  workload.users: [2, 4, 8]
-  engine.prefix_caching: [off, prefix]
-  gpu.memory_gib: [4, 40]          # 4 GiB: infeasible
-seeds: 2
-"""
+TINY = tiny_sweep("rel")
 # Runs of 35-85 ms, so that kills and node loss land while tasks run.
 SLOW = TINY.replace("num_requests: 20", "num_requests: 150").replace("[2, 4, 8]", "[2, 4, 8, 16]").replace(
     "[4, 40]", "[40]")

@@ -15,22 +15,11 @@ import pytest
 from sweep.cli import main as kvsweep
 from sweep.executors import FAULTS_ENV
 from sweep.spec import SweepSpec
+from tests.simhelpers import tiny_sweep
 
 pytestmark = [pytest.mark.ray]
 
-SPEC = """\
-name: small
-base:
-  model: Llama-3.2-1B
-  gpu: A100-40GB
-  workload: {kind: chat, users: 4, turns: 2}
-  run: {num_requests: 20}
-grid:
-  workload.users: [2, 4, 8]
-  engine.prefix_caching: [off, prefix]
-  gpu.memory_gib: [4, 40]          # 4 GiB: infeasible
-seeds: 2
-"""
+SPEC = tiny_sweep("small")
 RUNS = 24
 
 
