@@ -36,7 +36,9 @@ class OptionalBuildExt(build_ext):
 def extensions() -> list[Extension]:
     from Cython.Build import cythonize
 
-    ext = Extension("simcore._native", ["simcore/_native.pyx"], extra_compile_args=["-O3"])
+    # no fused multiply-add: the compiled float arithmetic must round as Python's does
+    flags = ["-O3", "-ffp-contract=off"]
+    ext = Extension("simcore._native", ["simcore/_native.pyx"], extra_compile_args=flags)
     return cythonize([ext], compiler_directives={"language_level": "3"}, quiet=True)
 
 

@@ -14,3 +14,8 @@ def extend_hashes(
 def decode_block_events(
     phase: list[list[tuple[int, Any]]], first: int, last: int, pool: CBlockPool, caching: bool
 ) -> None: ...
+
+def decode_steps(
+    now: float, horizon: float, r: int, first: int, last: int, attn: int, used: int,
+    phase: list[list[tuple[int, Any]]], terms: tuple[float, ...], acc: tuple[float, float, float, int],
+) -> tuple[float, int, float, float, float, float, int]: ...

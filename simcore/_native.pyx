@@ -562,3 +562,33 @@ def decode_block_events(list phase, Py_ssize_t first, Py_ssize_t last, CBlockPoo
             j = (c0 + step - d0 + 1) // bs - 1
             pool._cache(<Py_ssize_t>(<list>req.blocks)[j], (<array.array?>req.seq.hashes).data.as_longlongs[j])
             req.num_cached_blocks = j + 1
+
+
+def decode_steps(double now, double horizon, Py_ssize_t r, Py_ssize_t first, Py_ssize_t last,
+                 Py_ssize_t attn, Py_ssize_t used, list phase, tuple terms, tuple acc):
+    """``simcore.fastforward.decode_steps`` compiled: the same double operations in the same
+    order (the build passes -ffp-contract=off), so the same bits."""
+    cdef double fpt = terms[0], fpa = terms[1], weight = terms[2], kvt = terms[3]
+    cdef double fixed = terms[4], ar = terms[5], per_seq = terms[6]
+    cdef double busy = acc[0], batch_seq = acc[1], used_s = acc[2]
+    cdef Py_ssize_t peak = acc[3]
+    cdef Py_ssize_t bs = len(phase), step = first
+    cdef double t = now, t_first = -1.0, compute, memory, dt, dr = <double>r
+    while True:
+        used += len(<list>phase[-step % bs])
+        compute = dr * fpt + <double>attn * fpa
+        memory = weight + <double>attn * kvt
+        dt = (compute if compute > memory else memory) + fixed + (ar * dr + per_seq * dr)
+        busy += dt
+        batch_seq += dr * dt
+        used_s += <double>used * dt
+        if used > peak:
+            peak = used
+        t = t + dt
+        if step == first:
+            t_first = t
+        if step == last or t >= horizon:
+            break
+        step += 1
+        attn += r
+    return t, step, t_first, busy, batch_seq, used_s, peak

@@ -49,6 +49,14 @@ class CostModel:
         self.fixed_s = c.step_overhead_s + self.ar_fixed_s
         self.per_seq_s = c.per_seq_overhead_s
 
+    @property
+    def terms(self) -> tuple[float, float, float, float, float, float, float]:
+        """The coefficients of :meth:`step_time`, for loops that inline it (the decode window):
+        per token, per attention pair, weights, per KV token, fixed, all-reduce per token, per
+        sequence, in seconds."""
+        return (self.flop_per_token_s, self.flop_per_attn_s, self.weight_s, self.kv_per_token_s,
+                self.fixed_s, self.ar_per_token_s, self.per_seq_s)
+
     def step_time(self, tokens: int, attn: int, kv: int, seqs: int) -> float:
         """Seconds for one step computing ``tokens`` tokens of ``seqs`` sequences."""
         compute = tokens * self.flop_per_token_s + attn * self.flop_per_attn_s

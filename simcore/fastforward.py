@@ -54,6 +54,7 @@ class FastScheduler(Scheduler):
         self._native_events = (
             mod.decode_block_events if mod is not None and isinstance(self.pool, mod.CBlockPool) else None
         )
+        self._steps_fn = decode_steps if mod is None else mod.decode_steps
 
     # ---- group membership --------------------------------------------------------------
     def _join(self, req: Request) -> None:
@@ -155,33 +156,14 @@ class FastScheduler(Scheduler):
         """Time pure decode steps from step D until ``last`` or until one ends at or after
         ``horizon``; return (end time, last step run). The counters get exactly the reference's
         per-step updates, in the same order; blocks in use grow by each step's allocations."""
-        bs = self.block_size
-        phase = self._phase
-        step_time = self.cost.step_time
         c = self.counters
-        used = self.pool.num_used()
-        busy, batch_seq, used_s, peak = c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks
         attn = self.sum_c0_minus_d0 + r * self.D + r  # sum of (computed + 1) over members
-        t = now
-        step = self.D
-        while True:
-            used += len(phase[-step % bs])
-            dt = step_time(r, attn, attn, r)
-            busy += dt
-            batch_seq += r * dt
-            used_s += used * dt
-            if used > peak:
-                peak = used
-            t = t + dt
-            if step == last or t >= horizon:
-                break
-            step += 1
-            attn += r
+        acc = (c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks)
+        t, step, t_first, c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks = self._steps_fn(
+            now, horizon, r, self.D, last, attn, self.pool.num_used(), self._phase, self.cost.terms, acc
+        )
         c.steps += step - self.D + 1
-        c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks = busy, batch_seq, used_s, peak
         if self._first_pending:
-            t_first = now + step_time(r, self.sum_c0_minus_d0 + r * self.D + r,
-                                      self.sum_c0_minus_d0 + r * self.D + r, r)
             for req in self._first_pending:
                 req.record.first_token_s = t_first
             self._first_pending.clear()
@@ -288,3 +270,40 @@ class FastScheduler(Scheduler):
         victim = super()._preempt_last()
         self.prefill.pop(victim.admit_seq, None)
         return victim
+
+
+def decode_steps(
+    now: float, horizon: float, r: int, first: int, last: int, attn: int, used: int,
+    phase: list[list[tuple[int, Request]]], terms: tuple[float, ...], acc: tuple[float, float, float, int],
+) -> tuple[float, int, float, float, float, float, int]:
+    """The decode window's step loop (its compiled twin is ``simcore._native.decode_steps``).
+
+    ``r`` members decode from step ``first``; ``attn`` is their attention length sum at that
+    step. Stops after ``last`` or after the first step ending at or after ``horizon``. ``terms``
+    are :attr:`CostModel.terms`; ``acc`` the counters (busy s, seq-s, block-s, peak blocks).
+    Returns (end time, last step, end of the first step, *updated acc).
+    """
+    fpt, fpa, weight, kvt, fixed, ar, per_seq = terms
+    busy, batch_seq, used_s, peak = acc
+    bs = len(phase)
+    t = now
+    t_first = -1.0
+    step = first
+    while True:
+        used += len(phase[-step % bs])
+        compute = r * fpt + attn * fpa
+        memory = weight + attn * kvt
+        dt = (compute if compute > memory else memory) + fixed + (ar * r + per_seq * r)
+        busy += dt
+        batch_seq += r * dt
+        used_s += used * dt
+        if used > peak:
+            peak = used
+        t = t + dt
+        if step == first:
+            t_first = t
+        if step == last or t >= horizon:
+            break
+        step += 1
+        attn += r
+    return t, step, t_first, busy, batch_seq, used_s, peak
