@@ -27,7 +27,7 @@ from cpython cimport array
 
 import array as py_array
 
-import math
+from simcore.blocks import check_num_blocks
 
 cdef Py_ssize_t NONE = -1
 
@@ -83,10 +83,7 @@ cdef class CBlockPool:
         self.tvals = NULL
 
     def __init__(self, num_blocks, enable_caching=True):
-        if not num_blocks >= 2:
-            raise ValueError(f"num_blocks={num_blocks!r}: need at least 2 (one is the null block)")
-        if num_blocks != math.inf and num_blocks != int(num_blocks):
-            raise ValueError(f"num_blocks={num_blocks!r}: must be a whole number or math.inf")
+        check_num_blocks(num_blocks)
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
         self.evictions = 0
@@ -165,6 +162,13 @@ cdef class CBlockPool:
             self.blk[n].prv = p
         self.blk[b].in_lru = 0
         self.n_lru -= 1
+
+    cdef inline Py_ssize_t _free_count(self):
+        """Blocks that can be allocated now (of a bounded pool)."""
+        return self.n_stack + (self.limit - self.next_fresh) + self.n_lru
+
+    cdef inline bint _has_room(self, Py_ssize_t n):
+        return self.unbounded or n <= self._free_count()
 
     cdef inline Py_ssize_t _check_id(self, object block_id) except -1:
         cdef Py_ssize_t b = block_id
@@ -263,7 +267,7 @@ cdef class CBlockPool:
         """Blocks that can be allocated now (free, cached or never used)."""
         if self.unbounded:
             return self.n_stack + (self.num_blocks - self.next_fresh) + self.n_lru
-        return self.n_stack + (self.limit - self.next_fresh) + self.n_lru
+        return self._free_count()
 
     def num_used(self):
         """Blocks with a reference count above zero (null block excluded)."""
@@ -359,9 +363,8 @@ cdef class CBlockPool:
             b = self.stack[self.n_stack]
         elif self.next_fresh < self.limit:
             b = self.next_fresh
-            self._grow(b + 1)
+            self._grow(b + 1)  # zeroed: not hashed, not in the LRU list
             self.next_fresh += 1
-            self.blk[b].hashed = 0
         elif self.head != NONE:
             b = self.head
             self._lru_remove(b)
@@ -382,7 +385,7 @@ cdef class CBlockPool:
         Taking a block that still holds a hash evicts that hash.
         """
         cdef Py_ssize_t i
-        if not self.unbounded and n > self.n_stack + (self.limit - self.next_fresh) + self.n_lru:
+        if not self._has_room(n):
             return None
         out = []
         for i in range(n):
@@ -544,7 +547,7 @@ def decode_block_events(list phase, Py_ssize_t first, Py_ssize_t last, CBlockPoo
     for step in range(first, last + 1):
         need += len(<list>phase[-step % bs])
     if need:
-        if not pool.unbounded and need > pool.n_stack + (pool.limit - pool.next_fresh) + pool.n_lru:
+        if not pool._has_room(need):
             raise RuntimeError("fast path ran out of blocks; the window bound is wrong")
         for step in range(first, last + 1):
             bucket = phase[-step % bs]

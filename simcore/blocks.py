@@ -32,14 +32,19 @@ from collections.abc import Sequence
 NULL_BLOCK = 0
 
 
+def check_num_blocks(num_blocks: float) -> None:
+    """Raise ValueError unless ``num_blocks`` is a pool size: a whole number >= 2, or math.inf."""
+    if not num_blocks >= 2:
+        raise ValueError(f"num_blocks={num_blocks!r}: need at least 2 (one is the null block)")
+    if num_blocks != math.inf and num_blocks != int(num_blocks):
+        raise ValueError(f"num_blocks={num_blocks!r}: must be a whole number or math.inf")
+
+
 class BlockPool:
     """``num_blocks`` blocks including the null block; ``math.inf`` gives an unbounded pool."""
 
     def __init__(self, num_blocks: float, enable_caching: bool = True) -> None:
-        if not num_blocks >= 2:
-            raise ValueError(f"num_blocks={num_blocks!r}: need at least 2 (one is the null block)")
-        if num_blocks != math.inf and num_blocks != int(num_blocks):
-            raise ValueError(f"num_blocks={num_blocks!r}: must be a whole number or math.inf")
+        check_num_blocks(num_blocks)
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
         self.ref_cnt: list[int] = [1]  # index = block id; the null block is never freed

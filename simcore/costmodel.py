@@ -48,22 +48,28 @@ class CostModel:
             self.ar_per_token_s = 0.0
         self.fixed_s = c.step_overhead_s + self.ar_fixed_s
         self.per_seq_s = c.per_seq_overhead_s
-
-    @property
-    def terms(self) -> tuple[float, float, float, float, float, float, float]:
-        """The coefficients of :meth:`step_time`, for loops that inline it (the decode window):
-        per token, per attention pair, weights, per KV token, fixed, all-reduce per token, per
-        sequence, in seconds."""
-        return (self.flop_per_token_s, self.flop_per_attn_s, self.weight_s, self.kv_per_token_s,
-                self.fixed_s, self.ar_per_token_s, self.per_seq_s)
+        # the coefficients of step_seconds, in its order (the decode window's loops take them)
+        self.terms: tuple[float, float, float, float, float, float, float] = (
+            self.flop_per_token_s, self.flop_per_attn_s, self.weight_s, self.kv_per_token_s,
+            self.fixed_s, self.ar_per_token_s, self.per_seq_s,
+        )
 
     def step_time(self, tokens: int, attn: int, kv: int, seqs: int) -> float:
         """Seconds for one step computing ``tokens`` tokens of ``seqs`` sequences."""
-        compute = tokens * self.flop_per_token_s + attn * self.flop_per_attn_s
-        memory = self.weight_s + kv * self.kv_per_token_s
-        return (compute if compute > memory else memory) + self.fixed_s + (
-            self.ar_per_token_s * tokens + self.per_seq_s * seqs
-        )
+        return step_seconds(self.terms, tokens, attn, kv, seqs)
+
+
+def step_seconds(
+    terms: tuple[float, float, float, float, float, float, float], tokens: int, attn: int, kv: int,
+    seqs: int,
+) -> float:
+    """The roofline step time from :attr:`CostModel.terms`: per token, per attention pair,
+    weights, per KV token, fixed, all-reduce per token and per sequence, in seconds. The
+    compiled window loop (``simcore/_native.pyx``) repeats these operations in this order."""
+    fpt, fpa, weight, kvt, fixed, ar, per_seq = terms
+    compute = tokens * fpt + attn * fpa
+    memory = weight + kv * kvt
+    return (compute if compute > memory else memory) + fixed + (ar * tokens + per_seq * seqs)
 
 
 def kv_bytes_per_token_per_gpu(cfg: SimConfig) -> float:

@@ -29,7 +29,7 @@ from bisect import insort
 from operator import itemgetter
 
 from simcore import native
-from simcore.costmodel import chunk_terms
+from simcore.costmodel import chunk_terms, step_seconds
 from simcore.kvcache import blocks_for
 from simcore.request import Request
 from simcore.scheduler import Scheduler
@@ -274,7 +274,8 @@ class FastScheduler(Scheduler):
 
 def decode_steps(
     now: float, horizon: float, r: int, first: int, last: int, attn: int, used: int,
-    phase: list[list[tuple[int, Request]]], terms: tuple[float, ...], acc: tuple[float, float, float, int],
+    phase: list[list[tuple[int, Request]]], terms: tuple[float, float, float, float, float, float, float],
+    acc: tuple[float, float, float, int],
 ) -> tuple[float, int, float, float, float, float, int]:
     """The decode window's step loop (its compiled twin is ``simcore._native.decode_steps``).
 
@@ -283,7 +284,6 @@ def decode_steps(
     are :attr:`CostModel.terms`; ``acc`` the counters (busy s, seq-s, block-s, peak blocks).
     Returns (end time, last step, end of the first step, *updated acc).
     """
-    fpt, fpa, weight, kvt, fixed, ar, per_seq = terms
     busy, batch_seq, used_s, peak = acc
     bs = len(phase)
     t = now
@@ -291,9 +291,7 @@ def decode_steps(
     step = first
     while True:
         used += len(phase[-step % bs])
-        compute = r * fpt + attn * fpa
-        memory = weight + attn * kvt
-        dt = (compute if compute > memory else memory) + fixed + (ar * r + per_seq * r)
+        dt = step_seconds(terms, r, attn, attn, r)
         busy += dt
         batch_seq += r * dt
         used_s += used * dt

@@ -1,7 +1,8 @@
 """The compiled hot paths, if built, and the switch that turns them off.
 
 ``simcore/_native.pyx`` (built by ``setup.py`` at install when a C compiler is present) holds
-the compiled block pool, chain hashing and the decode window's block events. Each has a
+the compiled block pool, block hashing and the decode window's step loop and block events.
+Each has a
 pure-Python twin with the same results; the tests hold them equal. Fast mode uses the compiled
 ones when they are importable; ``KVSWEEP_PURE_PYTHON=1`` in the environment makes it use the
 Python ones (to compare, or to debug with a Python debugger). Reference mode always runs pure

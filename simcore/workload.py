@@ -194,20 +194,18 @@ class Workload:
     def _opening(self, session_id: int, k: int, sys_k: int) -> TokenSeq:
         """A session's sequence holding just its system prompt. With shared caching every
         session of one prompt starts from the same hashes: they are computed once and copied."""
+        proto = None if self.session_caching else self._openings.get((k, sys_k))
+        if proto is not None:
+            return proto.copy()
         sys_len = int(self.sys_lengths[k][sys_k])
+        seq = TokenSeq(self.block_size, session_id + 1 if self.session_caching else 0)
+        if sys_len:
+            seq.append(k * _SYS_STRIDE + sys_k, sys_len)
         if self.session_caching:
-            seq = TokenSeq(self.block_size, session_id + 1)
-            if sys_len:
-                seq.append(k * _SYS_STRIDE + sys_k, sys_len)
             return seq
-        proto = self._openings.get((k, sys_k))
-        if proto is None:
-            proto = TokenSeq(self.block_size, 0)
-            if sys_len:
-                proto.append(k * _SYS_STRIDE + sys_k, sys_len)
-                proto.ensure_hashes(sys_len)
-            self._openings[(k, sys_k)] = proto
-        return proto.copy()
+        seq.ensure_hashes(sys_len)
+        self._openings[(k, sys_k)] = seq
+        return seq.copy()
 
     def _trace(self, engine: Engine, w: TraceWorkload) -> Generator[Any, Any, None]:
         from simcore.traces import prompt_segments
