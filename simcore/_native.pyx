@@ -12,7 +12,7 @@ The pure-Python ``BlockPool`` stays the reference: the tests run every BlockPool
 classes and hold them to identical results over random operation sequences (hypothesis).
 
 Per block id ``b`` (index 0 is the null block) one ``Blk`` struct: reference count, hash
-(a Python hash, fits in int64) and whether it holds one, LRU links while it is a cached free
+(a 64-bit block hash, see hashing.py) and whether it holds one, LRU links while it is a cached free
 block. The hash -> block map is an open-addressing table over C arrays.
 
 Free queue, head to tail: unhashed stack (last pushed first) | never-used ids | LRU list.
@@ -24,6 +24,7 @@ from libc.stdlib cimport free as c_free
 from libc.stdlib cimport realloc
 from libc.string cimport memset
 from cpython cimport array
+from cpython.long cimport PyLong_AsUnsignedLongLongMask
 
 import array as py_array
 
@@ -493,41 +494,62 @@ cdef class CBlockPool:
             raise RuntimeError("blocks not conserved: used + free != usable")
 
 
+cdef uint64_t _K = 0x9E3779B97F4A7C15ULL
+cdef uint64_t _C1 = 0xFF51AFD7ED558CCDULL
+cdef uint64_t _C2 = 0xC4CEB9FE1A85EC53ULL
+
+
+cdef inline uint64_t _fold(uint64_t h, uint64_t w) noexcept nogil:
+    """One word into the hash: fmix64(h * K + w), as ``simcore.hashing.block_hash`` does."""
+    cdef uint64_t k = h * _K + w
+    k ^= k >> 33
+    k *= _C1
+    k ^= k >> 33
+    k *= _C2
+    return k ^ (k >> 33)
+
+
 def extend_hashes(list segs, Py_ssize_t seg, Py_ssize_t off, Py_ssize_t block_size,
                   Py_ssize_t want, array.array hashes, object parent):
-    """``simcore.hashing.py_extend_hashes`` compiled: the same tuples hashed, the same values."""
-    cdef Py_ssize_t bs = block_size, length, take, need, i, n
+    """``simcore.hashing.py_extend_hashes`` compiled: the same words folded, the same values."""
+    cdef Py_ssize_t bs = block_size, length = 0, take, need, i, n
+    cdef uint64_t h = PyLong_AsUnsignedLongLongMask(parent)
+    cdef uint64_t cid = 0
     cdef tuple segment
-    cdef list pieces
+    cdef bint loaded = False  # cid and length hold segs[seg]
     while len(hashes) < want:
-        segment = segs[seg]
-        cid = segment[0]
-        length = segment[1]
-        if length - off >= bs:
+        if not loaded:
+            segment = segs[seg]
+            cid = PyLong_AsUnsignedLongLongMask(segment[0])
+            length = segment[1]
+            loaded = True
+        if length - off >= bs:  # whole blocks inside this segment
             n = min((length - off) // bs, want - len(hashes))
             for i in range(n):
-                parent = hash((parent, cid, off))
-                _push_i64(hashes, parent)
+                h = _fold(_fold(_fold(h, cid), <uint64_t>off), <uint64_t>(off + bs))
+                _push_i64(hashes, <int64_t>h)
                 off += bs
             if off == length:
                 seg += 1
                 off = 0
+                loaded = False
             continue
-        pieces = [parent]
         need = bs
         while need:
-            segment = segs[seg]
-            cid = segment[0]
-            length = segment[1]
+            if not loaded:
+                segment = segs[seg]
+                cid = PyLong_AsUnsignedLongLongMask(segment[0])
+                length = segment[1]
+            loaded = True
             take = min(need, length - off)
-            pieces += (cid, off, off + take)
+            h = _fold(_fold(_fold(h, cid), <uint64_t>off), <uint64_t>(off + take))
             need -= take
             off += take
             if off == length:
                 seg += 1
                 off = 0
-        parent = hash(tuple(pieces))
-        _push_i64(hashes, parent)
+                loaded = False
+        _push_i64(hashes, <int64_t>h)
     return seg, off
 
 

@@ -7,21 +7,49 @@ of segment pieces ``(content_id, start, end)`` it covers, so equal content gives
 
 Block j's hash chains its parent's::
 
-    h[j] = hash((h[j-1] or root, pieces of block j))
+    h[j] = H(h[j-1] or root, pieces of block j)
 
-Python hashes tuples of ints deterministically (no per-process salt), so hashes are the same on
-every worker. ``root`` carries a cache salt: 0 for shared prefix caching, a per-session value for
-session-only caching. A 64-bit collision between distinct blocks is possible in principle
-(probability ~ n^2 / 2^64, about 1e-7 for two million blocks) and ignored.
+H folds 64-bit words with a fixed mixer (MurmurHash3's 64-bit finaliser): starting from the
+parent, each word w of each piece (content_id, start, end) gives ``h = fmix64(h * K + w)``, all
+modulo 2**64, and the result is stored as a signed 64-bit integer. It is a pure function of the
+content (no per-process salt), so hashes are the same on every worker, and cheap to compute in C
+(``simcore._native.extend_hashes`` computes the same values). ``root`` carries a cache salt: 0
+for shared prefix caching, a per-session value for session-only caching. A 64-bit collision
+between distinct blocks is possible in principle (probability ~ n^2 / 2^64, about 1e-7 for two
+million blocks) and ignored.
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import MutableSequence
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass, field
 
 from simcore.native import NATIVE
+
+MASK64 = (1 << 64) - 1
+_K = 0x9E3779B97F4A7C15  # odd: h -> h * K + w is a bijection of h
+_C1 = 0xFF51AFD7ED558CCD
+_C2 = 0xC4CEB9FE1A85EC53
+
+
+def fmix64(k: int) -> int:
+    """MurmurHash3's 64-bit finaliser (a bijection on 64-bit words)."""
+    k ^= k >> 33
+    k = k * _C1 & MASK64
+    k ^= k >> 33
+    k = k * _C2 & MASK64
+    return k ^ (k >> 33)
+
+
+def block_hash(parent: int, pieces: Sequence[int]) -> int:
+    """H(parent, words): one block's hash as a signed 64-bit integer (see the module notes).
+
+    ``parent`` and the words are taken modulo 2**64, so any Python int is accepted."""
+    h = parent & MASK64
+    for w in pieces:
+        h = fmix64((h * _K + (w & MASK64)) & MASK64)
+    return h - (1 << 64) if h >> 63 else h
 
 
 def py_extend_hashes(
@@ -32,16 +60,6 @@ def py_extend_hashes(
     ``seg``, offset ``off``) is the first token not yet hashed. Returns the new cursor."""
     bs = block_size
     while len(hashes) < want:
-        cid, length = segs[seg]
-        if length - off >= bs:
-            # fast path: whole blocks inside one segment
-            for _ in range(min((length - off) // bs, want - len(hashes))):
-                parent = hash((parent, cid, off))
-                hashes.append(parent)
-                off += bs
-            if off == length:
-                seg, off = seg + 1, 0
-            continue
         pieces: list[int] = []
         need = bs
         while need:
@@ -52,7 +70,7 @@ def py_extend_hashes(
             off += take
             if off == length:
                 seg, off = seg + 1, 0
-        parent = hash((parent, *pieces))
+        parent = block_hash(parent, pieces)
         hashes.append(parent)
     return seg, off
 
