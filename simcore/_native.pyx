@@ -172,10 +172,12 @@ cdef class CBlockPool:
         return self.unbounded or n <= self._free_count()
 
     cdef inline Py_ssize_t _check_id(self, object block_id) except -1:
-        cdef Py_ssize_t b = block_id
+        return self._check_c(block_id)
+
+    cdef inline Py_ssize_t _check_c(self, int64_t b) except -1:
         if b < 0 or b >= self.next_fresh:
             raise IndexError(f"block {b} was never allocated")
-        return b
+        return <Py_ssize_t>b
 
     # ---- the hash table ----------------------------------------------------------------------
     cdef inline Py_ssize_t _slot(self, int64_t key):
@@ -315,41 +317,56 @@ cdef class CBlockPool:
             out.append(self.ids[b])
         return out
 
-    def longest_hit_hinted(self, hashes, Py_ssize_t max_blocks, list hint=None):
+    def longest_hit_hinted(self, hashes, Py_ssize_t max_blocks, hint=None):
         """``BlockPool.longest_hit_hinted``: the hint's leading run of blocks that still hold
         the chain's hashes, compared in C, then table lookups until the first miss."""
+        return [self.ids[b] for b in self.hit_run(hashes, max_blocks, hint)]
+
+    def hit_run(self, hashes, Py_ssize_t max_blocks, hint=None):
+        """``longest_hit_hinted`` as a block table (``array('q')``, what requests hold)."""
         cdef array.array ha = _i64(hashes)
         cdef int64_t* hp = <int64_t*>ha.data.as_longlongs
         cdef Py_ssize_t hi = min(max_blocks, len(ha))
-        cdef Py_ssize_t m = 0, n, b
+        cdef Py_ssize_t m = 0, n, b, j
+        cdef array.array hint_a
+        cdef int64_t* hb
         if hint is not None and not self.dups:
-            n = min(len(hint), hi)
+            hint_a = _i64(hint)
+            hb = <int64_t*>hint_a.data.as_longlongs
+            n = min(len(hint_a), hi)
             while m < n:
-                b = hint[m]
+                b = hb[m]
                 if b < 0 or b >= self.next_fresh or not self.blk[b].hashed or self.blk[b].hval != hp[m]:
                     break
                 m += 1
-        out = hint[:m] if m else []
+            out = hint_a[:m]
+        else:
+            out = py_array.array("q")
         for j in range(m, hi):
             b = self._find(hp[j])
             if b == 0:
                 break
-            out.append(self.ids[b])
+            _push_i64(out, b)
         return out
 
-    def count_free_in(self, block_ids: list):
+    def count_free_in(self, block_ids):
         """How many of ``block_ids`` sit in the free queue (a hit on them uses up free capacity)."""
-        cdef Py_ssize_t b, n = 0
-        for b in block_ids:
-            if self.blk[b].ref == 0:
+        cdef array.array a = _i64(block_ids)
+        cdef int64_t* p = <int64_t*>a.data.as_longlongs
+        cdef Py_ssize_t i, n = 0
+        for i in range(len(a)):
+            if self.blk[self._check_c(p[i])].ref == 0:
                 n += 1
         return n
 
     # ---- mutations -------------------------------------------------------------------------
-    def touch(self, block_ids: list):
+    def touch(self, block_ids):
         """Take a reference on each (cached) block; a free one leaves the free queue."""
-        cdef Py_ssize_t b
-        for b in block_ids:
+        cdef array.array a = _i64(block_ids)
+        cdef int64_t* p = <int64_t*>a.data.as_longlongs
+        cdef Py_ssize_t i, b
+        for i in range(len(a)):
+            b = self._check_c(p[i])
             if self.blk[b].ref == 0:
                 if not self.blk[b].in_lru:
                     raise KeyError(b)
@@ -393,6 +410,15 @@ cdef class CBlockPool:
             out.append(self.ids[self._take_one()])
         return out
 
+    def allocate_into(self, array.array table, Py_ssize_t n):
+        """``allocate`` appended to a block table; False (table unchanged) if no room."""
+        cdef Py_ssize_t i
+        if not self._has_room(n):
+            return False
+        for i in range(n):
+            _push_i64(table, self._take_one())
+        return True
+
     cdef int _evict(self, Py_ssize_t b) except -1:
         if not self.blk[b].hashed:
             raise RuntimeError(f"block {b} in the cached free queue has no hash")
@@ -416,17 +442,19 @@ cdef class CBlockPool:
         if self.enable_caching:
             self._cache(self._check_id(block_id), block_hash)
 
-    def cache_blocks(self, block_ids: list, hashes):
+    def cache_blocks(self, block_ids, hashes):
         """``cache_block`` for each pair, in order."""
         cdef Py_ssize_t i
+        cdef array.array ia = _i64(block_ids)
         cdef array.array ha = _i64(hashes)
+        cdef int64_t* ip = <int64_t*>ia.data.as_longlongs
         cdef int64_t* hp = <int64_t*>ha.data.as_longlongs
-        if len(block_ids) != len(ha):
+        if len(ia) != len(ha):
             raise ValueError("cache_blocks: block_ids and hashes differ in length")
         if not self.enable_caching:
             return
-        for i in range(len(block_ids)):
-            self._cache(self._check_id(block_ids[i]), hp[i])
+        for i in range(len(ia)):
+            self._cache(self._check_c(ip[i]), hp[i])
 
     cdef int _cache(self, Py_ssize_t b, int64_t h) except -1:
         if self.blk[b].hashed:
@@ -441,12 +469,14 @@ cdef class CBlockPool:
             self._put(h, b)
         return 0
 
-    def free(self, block_ids: list):
+    def free(self, block_ids):
         """Drop one reference on each block of a request, deepest (last) block first."""
+        cdef array.array a = _i64(block_ids)
+        cdef int64_t* p = <int64_t*>a.data.as_longlongs
         cdef Py_ssize_t i, b
         cdef int32_t c
-        for i in range(len(block_ids) - 1, -1, -1):
-            b = block_ids[i]
+        for i in range(len(a) - 1, -1, -1):
+            b = self._check_c(p[i])
             c = self.blk[b].ref - 1
             if c == 0:
                 self.blk[b].ref = 0
@@ -575,7 +605,7 @@ def decode_block_events(list phase, Py_ssize_t first, Py_ssize_t last, CBlockPoo
             bucket = phase[-step % bs]
             for entry in bucket:
                 b = pool._take_one()
-                (<list>entry[1].blocks).append(pool.ids[b])
+                _push_i64(<array.array?>(entry[1].blocks), b)
     if not caching or not pool.enable_caching:
         return
     for step in range(first, last + 1):
@@ -585,7 +615,8 @@ def decode_block_events(list phase, Py_ssize_t first, Py_ssize_t last, CBlockPoo
             c0 = req.c0
             d0 = req.d0
             j = (c0 + step - d0 + 1) // bs - 1
-            pool._cache(<Py_ssize_t>(<list>req.blocks)[j], (<array.array?>req.seq.hashes).data.as_longlongs[j])
+            pool._cache(<Py_ssize_t>(<array.array?>req.blocks).data.as_longlongs[j],
+                        (<array.array?>req.seq.hashes).data.as_longlongs[j])
             req.num_cached_blocks = j + 1
 
 

@@ -26,6 +26,7 @@ hashing a hashed block) raises ``RuntimeError``.
 from __future__ import annotations
 
 import math
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -122,6 +123,12 @@ class BlockPool:
             out.append(b)
         return out
 
+    def hit_run(
+        self, hashes: Sequence[int], max_blocks: int, hint: Sequence[int] | None = None
+    ) -> array[int]:
+        """:meth:`longest_hit_hinted` as a block table (``array('q')``, what requests hold)."""
+        return array("q", self.longest_hit_hinted(hashes, max_blocks, hint))
+
     def count_free_in(self, block_ids: Sequence[int]) -> int:
         """How many of ``block_ids`` sit in the free queue (a hit on them uses up free capacity)."""
         rc = self.ref_cnt
@@ -182,6 +189,14 @@ class BlockPool:
             rc[b] = 1
             out.append(b)
         return out
+
+    def allocate_into(self, table: array[int], n: int) -> bool:
+        """:meth:`allocate` appended to a block table; False (table unchanged) if no room."""
+        new = self.allocate(n)
+        if new is None:
+            return False
+        table.extend(new)
+        return True
 
     def _evict(self, b: int) -> None:
         h = self.block_hash[b]

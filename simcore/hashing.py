@@ -94,7 +94,7 @@ class TokenSeq:
     _off: int = 0
     # a lookup hint, not content: the block ids this sequence's chain held when last released
     # (the KV manager verifies them against the pool before use)
-    hint_blocks: list[int] | None = None
+    hint_blocks: array[int] | None = None
 
     def append(self, content_id: int, length: int) -> None:
         if length <= 0:

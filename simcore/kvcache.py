@@ -9,6 +9,9 @@ Policy-free: the scheduler decides who gets memory; this module does the block a
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Sequence
+
 from simcore.blocks import BlockPool
 from simcore.request import Request
 
@@ -25,28 +28,31 @@ class KVCacheManager:
         self.caching = caching
         self.hinted_lookup = hinted_lookup
 
-    def lookup(self, req: Request) -> list[int]:
+    def lookup(self, req: Request) -> Sequence[int]:
         """Cached blocks of the longest leading hit, leaving at least the last token to compute."""
         if not self.caching:
-            return []
+            return ()
         max_blocks = (req.num_tokens - 1) // self.block_size
         if self.hinted_lookup:
-            return self.pool.longest_hit_hinted(req.seq.hashes, max_blocks, req.seq.hint_blocks)
+            return self.pool.hit_run(req.seq.hashes, max_blocks, req.seq.hint_blocks)
         return self.pool.longest_hit(req.seq.hashes, max_blocks)
 
-    def admit(self, req: Request, hits: list[int], num_new: int) -> bool:
+    def admit(self, req: Request, hits: Sequence[int], num_new: int) -> bool:
         """Give a waiting request its hit blocks plus room for ``num_new`` tokens; False if no room."""
-        computed = len(hits) * self.block_size
-        need = blocks_for(computed + num_new, self.block_size) - len(hits)
+        n_hits = len(hits)
+        computed = n_hits * self.block_size
+        need = blocks_for(computed + num_new, self.block_size) - n_hits
         free = self.pool.num_free()
         # hits that sit in the free queue use up free blocks too; count them only when it matters
-        if need + len(hits) > free and need + self.pool.count_free_in(hits) > free:
+        if need + n_hits > free and need + self.pool.count_free_in(hits) > free:
             return False
         self.pool.touch(hits)
-        new = self.pool.allocate(need)
-        assert new is not None  # checked above
-        req.blocks = hits + new
-        req.num_cached_blocks = len(hits)
+        # the block table starts as the hits (hit_run's array is a fresh one: extend it in place)
+        table = hits if type(hits) is array else array("q", hits)
+        ok = self.pool.allocate_into(table, need)
+        assert ok  # checked above
+        req.blocks = table
+        req.num_cached_blocks = n_hits
         req.num_computed = computed
         self.cache_full(req, computed + num_new)
         return True
@@ -57,11 +63,8 @@ class KVCacheManager:
         With ``cache=False`` the caller hashes the filled blocks later with :meth:`cache_full`.
         """
         need = blocks_for(req.num_computed + num_new, self.block_size) - len(req.blocks)
-        if need > 0:
-            new = self.pool.allocate(need)
-            if new is None:
-                return False
-            req.blocks += new
+        if need > 0 and not self.pool.allocate_into(req.blocks, need):
+            return False
         if cache:
             self.cache_full(req, req.num_computed + num_new)
         return True
@@ -78,5 +81,5 @@ class KVCacheManager:
         """Release a request's blocks deepest-first; hashed ones stay findable until evicted."""
         self.pool.free(req.blocks)
         req.seq.hint_blocks = req.blocks
-        req.blocks = []
+        req.blocks = array("q")
         req.num_cached_blocks = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from typing import Any
 
 from simcore.hashing import TokenSeq
@@ -55,7 +56,7 @@ class Request:
         seq.ensure_hashes(prompt_len + output_len - 1)
         self.num_computed = 0
         self.num_generated = 0
-        self.blocks: list[int] = []
+        self.blocks: array[int] = array("q")  # block table: 64-bit ids, read in place by C code
         self.num_cached_blocks = 0
         self.computed_total = 0
         self.admitted = False
