@@ -12,10 +12,10 @@ def extend_hashes(
 ) -> tuple[int, int]: ...
 
 def decode_block_events(
-    phase: list[list[tuple[int, Any]]], first: int, last: int, pool: CBlockPool, caching: bool
+    phase: list[list[Any]], first: int, last: int, pool: CBlockPool, caching: bool
 ) -> None: ...
 
 def decode_steps(
     now: float, horizon: float, r: int, first: int, last: int, attn: int, used: int,
-    phase: list[list[tuple[int, Any]]], terms: tuple[float, ...], acc: tuple[float, float, float, int],
+    phase: list[list[Any]], terms: tuple[float, ...], acc: tuple[float, float, float, int],
 ) -> tuple[float, int, float, float, float, float, int]: ...

@@ -586,16 +586,17 @@ def extend_hashes(list segs, Py_ssize_t seg, Py_ssize_t off, Py_ssize_t block_si
 def decode_block_events(list phase, Py_ssize_t first, Py_ssize_t last, CBlockPool pool, bint caching):
     """``FastScheduler._block_events`` in C (same order, same blocks, same hashes).
 
-    ``phase[p]`` lists ``(admit_seq, request)`` of the decode members with phase ``p``; for each
-    step of ``first..last`` the members at phase ``-step % B`` start a block and those at
+    ``phase[p]`` lists the decode members with phase ``p`` as ``fastforward.Member`` tuples
+    ``(admit_seq, request, block table, block hashes, c0 - d0)``; for each step of
+    ``first..last`` the members at phase ``-step % B`` start a block and those at
     ``(-step - 1) % B`` fill one. All allocations run first (step by step, admission order
     within a step), then all hashes.
     """
     cdef Py_ssize_t bs = len(phase)
-    cdef Py_ssize_t step, need = 0, j, b, c0, d0
+    cdef Py_ssize_t step, need = 0, j, b
     cdef list bucket
     cdef tuple entry
-    cdef object req
+    cdef array.array table
     for step in range(first, last + 1):
         need += len(<list>phase[-step % bs])
     if need:
@@ -605,19 +606,16 @@ def decode_block_events(list phase, Py_ssize_t first, Py_ssize_t last, CBlockPoo
             bucket = phase[-step % bs]
             for entry in bucket:
                 b = pool._take_one()
-                _push_i64(<array.array?>(entry[1].blocks), b)
+                _push_i64(<array.array?>entry[2], b)
     if not caching or not pool.enable_caching:
         return
     for step in range(first, last + 1):
         bucket = phase[(-step - 1) % bs]
         for entry in bucket:
-            req = entry[1]
-            c0 = req.c0
-            d0 = req.d0
-            j = (c0 + step - d0 + 1) // bs - 1
-            pool._cache(<Py_ssize_t>(<array.array?>req.blocks).data.as_longlongs[j],
-                        (<array.array?>req.seq.hashes).data.as_longlongs[j])
-            req.num_cached_blocks = j + 1
+            table = <array.array?>entry[2]
+            j = (<Py_ssize_t>entry[4] + step + 1) // bs - 1
+            pool._cache(<Py_ssize_t>table.data.as_longlongs[j],
+                        (<array.array?>entry[3]).data.as_longlongs[j])
 
 
 def decode_steps(double now, double horizon, Py_ssize_t r, Py_ssize_t first, Py_ssize_t last,

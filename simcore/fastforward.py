@@ -25,8 +25,10 @@ the reference's order (no per-step heap traffic).
 from __future__ import annotations
 
 import heapq
+from array import array
 from bisect import insort
 from operator import itemgetter
+from typing import TypeAlias
 
 from simcore import native
 from simcore.costmodel import chunk_terms, step_seconds
@@ -35,6 +37,9 @@ from simcore.request import Request
 from simcore.scheduler import Scheduler
 
 _Entry = tuple[int, int, int, Request]  # (step, admit_seq, epoch, request)
+# a decode member in its phase bucket: (admit_seq, request, its block table, its block hashes,
+# c0 - d0); the tables are the request's own arrays (they only grow while it is a member)
+Member: TypeAlias = "tuple[int, Request, array[int], array[int], int]"
 _SEQ = itemgetter(0)
 
 
@@ -47,7 +52,7 @@ class FastScheduler(Scheduler):
         self.sum_c0_minus_d0 = 0  # sum over members of c0 - d0: computed tokens = this + R * D
         self._finish_heap: list[_Entry] = []
         # phase -> [(admit_seq, member)] sorted by admit_seq
-        self._phase: list[list[tuple[int, Request]]] = [[] for _ in range(self.block_size)]
+        self._phase: list[list[Member]] = [[] for _ in range(self.block_size)]
         self._first_pending: list[Request] = []  # members whose next token is their first
         # the compiled twin of _block_events, when the pool is the compiled one
         mod = native.NATIVE
@@ -64,7 +69,8 @@ class FastScheduler(Scheduler):
         self.sum_c0_minus_d0 += req.c0 - req.d0
         finish_step = self.D + req.output_len - req.g0 - 1
         heapq.heappush(self._finish_heap, (finish_step, req.admit_seq, req.epoch, req))
-        insort(self._phase[(req.c0 - req.d0) % self.block_size], (req.admit_seq, req), key=_SEQ)
+        req.member = (req.admit_seq, req, req.blocks, req.seq.hashes, req.c0 - req.d0)
+        insort(self._phase[(req.c0 - req.d0) % self.block_size], req.member, key=_SEQ)
         if req.g0 == 0:
             self._first_pending.append(req)
 
@@ -75,7 +81,10 @@ class FastScheduler(Scheduler):
         req.num_generated = req.g0 + steps
         req.computed_total += steps
         req.epoch += 1
-        self._phase[(req.c0 - req.d0) % self.block_size].remove((req.admit_seq, req))
+        self._phase[(req.c0 - req.d0) % self.block_size].remove(req.member)
+        req.member = None
+        if self.kv.caching:  # block events hashed every block the member filled
+            req.num_cached_blocks = req.num_computed // self.block_size
         del self.group[req.admit_seq]
         self.sum_c0_minus_d0 -= req.c0 - req.d0
 
@@ -92,25 +101,24 @@ class FastScheduler(Scheduler):
             return
         bs = self.block_size
         phase = self._phase
-        order: list[tuple[int, Request]] = []
+        order: list[Member] = []
         for step in range(first, last + 1):
             order += phase[-step % bs]
         if order:
             ids = self.pool.allocate(len(order))
             if ids is None:
                 raise RuntimeError("fast path ran out of blocks; the window bound is wrong")
-            for (_, req), b in zip(order, ids, strict=True):
-                req.blocks.append(b)
+            for member, b in zip(order, ids, strict=True):
+                member[2].append(b)
         if not self.kv.caching:
             return
         blocks: list[int] = []
         hashes: list[int] = []
         for step in range(first, last + 1):
-            for _, req in phase[(-step - 1) % bs]:
-                j = (req.c0 + step - req.d0 + 1) // bs - 1
-                blocks.append(req.blocks[j])
-                hashes.append(req.seq.hashes[j])
-                req.num_cached_blocks = j + 1
+            for _, _, table, chain, offset in phase[(-step - 1) % bs]:
+                j = (offset + step + 1) // bs - 1
+                blocks.append(table[j])
+                hashes.append(chain[j])
         if blocks:
             self.pool.cache_blocks(blocks, hashes)
 
@@ -245,7 +253,7 @@ class FastScheduler(Scheduler):
         admission order, then hashes in admission order (as the reference does them)."""
         step = self.D
         bs = self.block_size
-        starts = [(seq, 0, req) for seq, req in self._phase[-step % bs]]
+        starts = [(m[0], 0, m[1]) for m in self._phase[-step % bs]]
         alloc_order = sorted(starts + [(q.admit_seq, 1, q) for q, _ in chunks], key=_SEQ)
         n_of = {q.admit_seq: n for q, n in chunks}
         alloc = self.pool.allocate_one
@@ -257,14 +265,13 @@ class FastScheduler(Scheduler):
                 req.blocks.append(alloc())  # type: ignore[arg-type]
         if not self.kv.caching:
             return
-        fills = [(seq, 0, req) for seq, req in self._phase[(-step - 1) % bs]]
+        fills = [(m[0], 0, m[1]) for m in self._phase[(-step - 1) % bs]]
         for seq, is_chunk, req in sorted(fills + [(q.admit_seq, 1, q) for q, _ in chunks], key=_SEQ):
             if is_chunk:
                 self.kv.cache_full(req, req.num_computed + n_of[seq])
             else:
                 j = (req.c0 + step - req.d0 + 1) // bs - 1
                 self.pool.cache_block(req.blocks[j], req.seq.hashes[j])
-                req.num_cached_blocks = j + 1
 
     def _preempt_last(self) -> Request:
         victim = super()._preempt_last()
@@ -274,7 +281,7 @@ class FastScheduler(Scheduler):
 
 def decode_steps(
     now: float, horizon: float, r: int, first: int, last: int, attn: int, used: int,
-    phase: list[list[tuple[int, Request]]], terms: tuple[float, float, float, float, float, float, float],
+    phase: list[list[Member]], terms: tuple[float, float, float, float, float, float, float],
     acc: tuple[float, float, float, int],
 ) -> tuple[float, int, float, float, float, float, int]:
     """The decode window's step loop (its compiled twin is ``simcore._native.decode_steps``).

@@ -22,7 +22,7 @@ class Request:
     __slots__ = (
         "rid", "session_id", "turn", "profile", "seq", "prompt_len", "output_len", "record",
         "num_computed", "num_generated", "blocks", "num_cached_blocks", "computed_total",
-        "admitted", "admit_seq", "done", "d0", "c0", "g0", "epoch",
+        "admitted", "admit_seq", "done", "d0", "c0", "g0", "epoch", "member",
     )
 
     def __init__(
@@ -68,6 +68,7 @@ class Request:
         self.c0 = 0
         self.g0 = 0
         self.epoch = 0
+        self.member: Any = None  # its phase-bucket entry while a decode member
 
     @property
     def num_tokens(self) -> int:

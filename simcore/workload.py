@@ -7,6 +7,8 @@ closed loop, a session in an open loop), so ids never depend on event timing.
 
 Randomness: one ``numpy.random.SeedSequence`` from the run seed; each user or session draws from
 its own child stream (``spawn_key``), so a user's draws do not depend on when other users finish.
+A closed-loop user draws each kind of value (turn counts, lengths, think times) in batches
+(:class:`_Draws`).
 
 Turn k of a session prompts with the whole conversation so far (system prompt, every earlier
 message and reply) plus the new message. A turn that would not fit the model's context ends the
@@ -17,7 +19,7 @@ session starts after one think time (users ramp up instead of all arriving at ti
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from simcore.engine import Engine
 
 _SYS_STRIDE = 2**20
+USER_DRAW_BATCH = 64  # values of one kind a closed-loop user draws at a time (see _Draws)
 FAILURE_BACKOFF_S = 1.0  # a client whose request was refused waits this long before a new session
 
 
@@ -77,6 +80,39 @@ class _Ids:
         return self.base | self.n
 
 
+_DrawFn = Callable[[np.random.Generator, int], list[Any]]
+
+
+class _Draws:
+    """A stream's random values, drawn from its generator in batches of ``batch`` per kind.
+
+    numpy's cost per call dwarfs the cost per value for the handful of values a session needs,
+    so a closed-loop user draws ``USER_DRAW_BATCH`` values of a kind at a time and hands them
+    out in order. What a stream gets still depends only on its own sequence of requests (not on
+    other streams or event timing), so runs stay deterministic; ``batch=1`` draws exactly what
+    is asked, when it is asked.
+    """
+
+    __slots__ = ("rng", "batch", "_bufs")
+
+    def __init__(self, rng: np.random.Generator, batch: int) -> None:
+        self.rng = rng
+        self.batch = batch
+        self._bufs: dict[Any, list[Any]] = {}  # kind -> [values, position of the next one]
+
+    def take(self, kind: Any, draw: _DrawFn, n: int) -> list[Any]:
+        """The next ``n`` values of ``kind``; ``draw(rng, m)`` makes ``m`` more when needed."""
+        buf = self._bufs.get(kind)
+        if buf is None:
+            buf = self._bufs[kind] = [[], 0]
+        values, pos = buf
+        if pos + n > len(values):
+            values = buf[0] = values[pos:] + draw(self.rng, max(n, self.batch))
+            pos = 0
+        buf[1] = pos + n
+        return values[pos:pos + n]  # type: ignore[no-any-return]
+
+
 class Workload:
     """Starts the processes that submit requests for one :class:`SimConfig`."""
 
@@ -100,6 +136,7 @@ class Workload:
         else:
             self.profiles = []
             self.weights = np.ones(1)
+        self._draw_fns = [self._profile_draws(p) for p in self.profiles]
         pool_rng = _rng(self.seed, 0)
         self.sys_lengths = [
             sample_tokens(p.system_prompt_tokens, pool_rng, p.system_prompts, self.max_context)
@@ -107,6 +144,23 @@ class Workload:
             else [0] * p.system_prompts
             for p in self.profiles
         ]
+
+    def _profile_draws(self, prof: Profile) -> tuple[_DrawFn, ...]:
+        """How a session of ``prof`` draws its turn count, system prompt, message and reply
+        lengths and think times (in that order of keys; see :class:`_Draws`)."""
+        cap = self.max_context
+        # every turn adds at least two tokens (message and reply), so no more turns than that fit
+        turn_cap = max(1, cap // 2)
+        return (
+            lambda rng, n: sample_tokens(prof.turns, rng, n, turn_cap),
+            lambda rng, n: rng.integers(prof.system_prompts, size=n).tolist(),
+            lambda rng, n: sample_tokens(prof.user_tokens, rng, n, cap),
+            lambda rng, n: sample_tokens(prof.output_tokens, rng, n, cap),
+            prof.think_time_s.sample,
+        )
+
+    def _draw_profile(self, rng: np.random.Generator, n: int) -> list[int]:
+        return rng.choice(len(self.profiles), size=n, p=self.weights).tolist()  # type: ignore[no-any-return]
 
     def start(self, engine: Engine) -> None:
         env = engine.env
@@ -125,11 +179,11 @@ class Workload:
 
     # ---- processes -------------------------------------------------------------------------
     def _user(self, engine: Engine, user: int) -> Generator[Any, Any, None]:
-        rng = _rng(self.seed, 1, user)
+        draws = _Draws(_rng(self.seed, 1, user), USER_DRAW_BATCH)
         ids = _Ids(user)
         n = 0
         while True:
-            alive = yield from self._session(engine, rng, ids, session_id=(user << 20) | n, stagger=n == 0)
+            alive = yield from self._session(engine, draws, ids, session_id=(user << 20) | n, stagger=n == 0)
             n += 1
             if not alive:
                 return
@@ -143,34 +197,35 @@ class Workload:
             if not engine.may_submit():
                 return
             stream = 1 << 30 | i
-            env.process(self._session(engine, _rng(self.seed, 3, i), _Ids(stream), session_id=stream))
+            draws = _Draws(_rng(self.seed, 3, i), 1)
+            env.process(self._session(engine, draws, _Ids(stream), session_id=stream))
             i += 1
 
     def _session(
-        self, engine: Engine, rng: np.random.Generator, ids: _Ids, session_id: int, stagger: bool = False
+        self, engine: Engine, draws: _Draws, ids: _Ids, session_id: int, stagger: bool = False
     ) -> Generator[Any, Any, bool]:
         """One conversation; returns False when the run stops accepting requests.
 
         ``stagger``: a closed-loop user's first session starts after one think time, so users
         do not all arrive at time zero (with zero think time they do).
         """
-        k = 0 if len(self.profiles) == 1 else int(rng.choice(len(self.profiles), p=self.weights))
+        k = 0 if len(self.profiles) == 1 else draws.take(-1, self._draw_profile, 1)[0]
         prof = self.profiles[k]
-        # every turn adds at least two tokens (message and reply), so no more turns than that fit
-        turns = int(sample_tokens(prof.turns, rng, 1, max(1, self.max_context // 2))[0])
-        sys_k = int(rng.integers(prof.system_prompts))
+        fns = self._draw_fns[k]
+        turns = draws.take((k, 0), fns[0], 1)[0]
+        sys_k = draws.take((k, 1), fns[1], 1)[0]
+        msgs = draws.take((k, 2), fns[2], turns)
+        outs = draws.take((k, 3), fns[3], turns)
+        thinks = draws.take((k, 4), fns[4], turns)
         cap = self.max_context
-        msgs = sample_tokens(prof.user_tokens, rng, turns, cap)
-        outs = sample_tokens(prof.output_tokens, rng, turns, cap)
-        thinks = prof.think_time_s.sample(rng, turns)
         seq = self._opening(session_id, k, sys_k)
         sid = -1 if prof.sessionless else session_id
         if stagger:
-            (delay,) = prof.think_time_s.sample(rng, 1)
+            (delay,) = draws.take((k, 4), fns[4], 1)
             if delay > 0:
                 yield engine.timeout(delay)
         for t in range(turns):
-            msg, out = int(msgs[t]), int(outs[t])
+            msg, out = msgs[t], outs[t]
             if seq.num_tokens + msg + out > cap:
                 if t > 0:
                     return True  # context full: the user starts a new conversation
@@ -188,7 +243,7 @@ class Workload:
                 yield engine.timeout(FAILURE_BACKOFF_S)
                 return True
             if thinks[t] > 0:
-                yield engine.timeout(float(thinks[t]))
+                yield engine.timeout(thinks[t])
         return True
 
     def _opening(self, session_id: int, k: int, sys_k: int) -> TokenSeq:
