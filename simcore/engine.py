@@ -29,6 +29,19 @@ class SimulationTimeout(RuntimeError):
     """The run exceeded its wall-clock budget (``simulate(cfg, wall_limit_s=...)``)."""
 
 
+class Completion(simpy.Event):
+    """A request's completion event; it can fire a delay after the request completes.
+
+    A client's think time follows every completed request, so folding it into the completion
+    (``fire_after``) saves one SimPy event per request; a Timeout sets the same fields.
+    """
+
+    def fire_after(self, delay: float, value: Any) -> None:
+        self._ok = True
+        self._value = value
+        self.env.schedule(self, delay=delay)
+
+
 class Engine:
     """One serving engine: a block pool, a scheduler and the SimPy loop that drives them."""
 
@@ -67,14 +80,18 @@ class Engine:
         self.counters.events += 1
         return self.env.timeout(delay)
 
-    def submit(self, seq: TokenSeq, prompt: int, output: int, **ids: int) -> simpy.Event:
-        """Create and enqueue a request; the returned event fires when it completes (value True)
-        or fails (value False)."""
+    def submit(
+        self, seq: TokenSeq, prompt: int, output: int, *, then_wait_s: float = 0.0, **ids: int
+    ) -> simpy.Event:
+        """Create and enqueue a request; the returned event fires ``then_wait_s`` simulated
+        seconds after it completes (value True; a client's think time), or at once if it
+        fails (value False)."""
         now = self.env.now
         req = Request(seq, prompt, output, rid=len(self.records), arrival_s=now,
                       warmup=now < self._warmup_s, **ids)
         self.records.append(req.record)
-        req.done = self.env.event()
+        req.done = Completion(self.env)
+        req.then_wait_s = then_wait_s
         self.counters.events += 1
         reason = self._never_fits(req)
         if reason:
@@ -99,12 +116,6 @@ class Engine:
         return ""
 
     # ---- the loop --------------------------------------------------------------------------
-    def _settle(self) -> Generator[Any, Any, None]:
-        env = self.env
-        while env.peek() <= env.now:
-            self.counters.events += 1
-            yield env.timeout(0)
-
     def _loop(self) -> Generator[Any, Any, None]:
         env = self.env
         sched = self.scheduler
@@ -116,7 +127,9 @@ class Engine:
                     f"simulation exceeded its wall-time limit of {self._wall_limit_s:g} s "
                     f"at simulated time {env.now:.1f} s"
                 )
-            yield from self._settle()
+            while env.peek() <= env.now:  # settle: everything due now runs before the schedule
+                self.counters.events += 1
+                yield env.timeout(0)
             if not sched.has_work():
                 self._wake = env.event()
                 self.counters.events += 1
@@ -126,7 +139,7 @@ class Engine:
             self.counters.events += 1
             yield env.timeout(end - env.now)
             for req in finished:
-                req.done.succeed(True)
+                req.done.fire_after(req.then_wait_s, True)
 
     def run(self) -> None:
         self.env.run()

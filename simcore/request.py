@@ -22,7 +22,7 @@ class Request:
     __slots__ = (
         "rid", "session_id", "turn", "profile", "seq", "prompt_len", "output_len", "record",
         "num_computed", "num_generated", "blocks", "num_cached_blocks", "computed_total",
-        "admitted", "admit_seq", "done", "d0", "c0", "g0", "epoch", "member",
+        "admitted", "admit_seq", "done", "then_wait_s", "d0", "c0", "g0", "epoch", "member",
     )
 
     def __init__(
@@ -62,6 +62,7 @@ class Request:
         self.admitted = False
         self.admit_seq = -1
         self.done: Any = None  # set by the engine: an event fired when the request ends
+        self.then_wait_s = 0.0  # ... this long after it completes (the client's think time)
         # fast-forward bookkeeping (see fastforward.py): decode state at step d0, and a
         # version number that invalidates stale heap entries.
         self.d0 = 0

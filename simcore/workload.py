@@ -236,14 +236,15 @@ class Workload:
             seq.append(ids.next(), msg)
             prompt = seq.num_tokens
             seq.append(ids.next(), out)
-            ok = yield engine.submit(seq, prompt, out, session_id=sid, turn=t, profile=k)
+            # the completion fires after the think time that follows the reply
+            ok = yield engine.submit(
+                seq, prompt, out, then_wait_s=thinks[t], session_id=sid, turn=t, profile=k
+            )
             if not ok:
                 # the request failed (it can never fit): the conversation ends and the user backs
                 # off, so simulated time advances even with zero think time
                 yield engine.timeout(FAILURE_BACKOFF_S)
                 return True
-            if thinks[t] > 0:
-                yield engine.timeout(thinks[t])
         return True
 
     def _opening(self, session_id: int, k: int, sys_k: int) -> TokenSeq:
