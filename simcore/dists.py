@@ -33,14 +33,13 @@ class _Dist(BaseModel):
 
     def sample(self, rng: np.random.Generator, n: int) -> list[float]:
         """Draw ``n`` float values, clipped to ``[min, max]``."""
-        # a session draws a handful of values: plain floats beat numpy's per-call overhead
-        x: list[float] = np.asarray(self._draw(rng, n), dtype=np.float64).tolist()
-        if self.min is not None:
-            lo = self.min
-            x = [v if v > lo else lo for v in x]
-        if self.max is not None:
-            hi = self.max
-            x = [v if v < hi else hi for v in x]
+        return self.sample_array(rng, n).tolist()  # type: ignore[no-any-return]
+
+    def sample_array(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """:meth:`sample` as a float64 array."""
+        x = np.asarray(self._draw(rng, n), dtype=np.float64)
+        if self.min is not None or self.max is not None:
+            x = np.clip(x, self.min, self.max)
         return x
 
     def lower_bound(self) -> float:
@@ -190,4 +189,6 @@ def coerce_dist(value: Any) -> Any:
 
 def sample_tokens(dist: _Dist, rng: np.random.Generator, n: int, cap: int) -> list[int]:
     """Draw ``n`` token counts: rounded half to even, at least 1, at most ``cap``."""
-    return [min(max(round(v), 1), cap) for v in dist.sample(rng, n)]
+    # np.rint rounds half to even, as round() does; clipping first keeps any draw in int64
+    counts = np.clip(np.rint(dist.sample_array(rng, n)), 1, cap).astype(np.int64)
+    return counts.tolist()  # type: ignore[no-any-return]
