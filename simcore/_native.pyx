@@ -31,6 +31,11 @@ import array as py_array
 from simcore.blocks import check_num_blocks
 
 cdef Py_ssize_t NONE = -1
+cdef Py_ssize_t _AHEAD = 8  # blocks a table walk prefetches ahead
+
+
+cdef extern from *:
+    void __builtin_prefetch(const void* addr) noexcept nogil
 
 
 cdef inline array.array _i64(object seq):
@@ -56,6 +61,12 @@ cdef struct Blk:
     char in_lru
 
 
+cdef struct Slot:
+    # one hash-table slot: a probe reads key and block from one cache line
+    int64_t key
+    Py_ssize_t val
+
+
 cdef class CBlockPool:
     cdef readonly object num_blocks
     cdef readonly bint enable_caching
@@ -68,10 +79,9 @@ cdef class CBlockPool:
     cdef Py_ssize_t head, tail, n_lru
     cdef Py_ssize_t* stack
     cdef Py_ssize_t n_stack, stack_cap
-    # hash -> first block holding it: open addressing with linear probing over two C arrays
-    # (tvals[i] == 0 marks an empty slot: block 0, the null block, never holds a hash)
-    cdef int64_t* tkeys
-    cdef Py_ssize_t* tvals
+    # hash -> first block holding it: open addressing with linear probing over one C array
+    # of (key, block) slots (block 0 marks an empty slot: the null block never holds a hash)
+    cdef Slot* tab
     cdef Py_ssize_t tcap, tcount
     cdef int tshift
     cdef dict dups               # hash -> further blocks holding it (rare)
@@ -80,8 +90,7 @@ cdef class CBlockPool:
     def __cinit__(self, num_blocks, enable_caching=True):
         self.blk = NULL
         self.stack = NULL
-        self.tkeys = NULL
-        self.tvals = NULL
+        self.tab = NULL
 
     def __init__(self, num_blocks, enable_caching=True):
         check_num_blocks(num_blocks)
@@ -110,8 +119,7 @@ cdef class CBlockPool:
     def __dealloc__(self):
         c_free(self.blk)
         c_free(self.stack)
-        c_free(self.tkeys)
-        c_free(self.tvals)
+        c_free(self.tab)
 
     # ---- storage -------------------------------------------------------------------------
     cdef void _grow(self, Py_ssize_t need) except *:
@@ -171,6 +179,12 @@ cdef class CBlockPool:
     cdef inline bint _has_room(self, Py_ssize_t n):
         return self.unbounded or n <= self._free_count()
 
+    cdef inline void _prefetch(self, int64_t b) noexcept:
+        """Start loading block ``b``'s state (a walk over a block table misses the cache on
+        almost every block; loads issued ahead overlap)."""
+        if 0 <= b < self.next_fresh:
+            __builtin_prefetch(&self.blk[b])
+
     cdef inline Py_ssize_t _check_id(self, object block_id) except -1:
         return self._check_c(block_id)
 
@@ -189,8 +203,8 @@ cdef class CBlockPool:
         cdef Py_ssize_t i = self._slot(key)
         cdef Py_ssize_t v
         while True:
-            v = self.tvals[i]
-            if v == 0 or self.tkeys[i] == key:
+            v = self.tab[i].val
+            if v == 0 or self.tab[i].key == key:
                 return v
             i = (i + 1) & mask
 
@@ -200,13 +214,13 @@ cdef class CBlockPool:
             self._resize_table(2 * self.tcap)
         cdef Py_ssize_t mask = self.tcap - 1
         cdef Py_ssize_t i = self._slot(key)
-        while self.tvals[i] != 0:
-            if self.tkeys[i] == key:
-                self.tvals[i] = val
+        while self.tab[i].val != 0:
+            if self.tab[i].key == key:
+                self.tab[i].val = val
                 return 0
             i = (i + 1) & mask
-        self.tkeys[i] = key
-        self.tvals[i] = val
+        self.tab[i].key = key
+        self.tab[i].val = val
         self.tcount += 1
         return 0
 
@@ -215,45 +229,43 @@ cdef class CBlockPool:
         cdef Py_ssize_t mask = self.tcap - 1
         cdef Py_ssize_t i = self._slot(key)
         cdef Py_ssize_t j, k
-        while self.tkeys[i] != key or self.tvals[i] == 0:
-            if self.tvals[i] == 0:
+        while self.tab[i].key != key or self.tab[i].val == 0:
+            if self.tab[i].val == 0:
                 raise KeyError(key)
             i = (i + 1) & mask
         j = i
         while True:
             j = (j + 1) & mask
-            if self.tvals[j] == 0:
+            if self.tab[j].val == 0:
                 break
-            k = self._slot(self.tkeys[j])
+            k = self._slot(self.tab[j].key)
             # the entry at j may move to the hole at i unless its home k lies cyclically in (i, j]
             if (i < k <= j) if i <= j else (i < k or k <= j):
                 continue
-            self.tkeys[i] = self.tkeys[j]
-            self.tvals[i] = self.tvals[j]
+            self.tab[i].key = self.tab[j].key
+            self.tab[i].val = self.tab[j].val
             i = j
-        self.tvals[i] = 0
+        self.tab[i].val = 0
         self.tcount -= 1
         return 0
 
     cdef int _resize_table(self, Py_ssize_t new_cap) except -1:
-        cdef int64_t* old_keys = self.tkeys
-        cdef Py_ssize_t* old_vals = self.tvals
+        cdef Slot* old = self.tab
         cdef Py_ssize_t old_cap = self.tcap, i
         cdef int bits = 0
         while (<Py_ssize_t>1 << bits) < new_cap:
             bits += 1
-        self.tkeys = <int64_t*>calloc(<size_t>1 << bits, sizeof(int64_t))
-        self.tvals = <Py_ssize_t*>calloc(<size_t>1 << bits, sizeof(Py_ssize_t))
-        if self.tkeys == NULL or self.tvals == NULL:
+        self.tab = <Slot*>calloc(<size_t>1 << bits, sizeof(Slot))
+        if self.tab == NULL:
+            self.tab = old
             raise MemoryError("block pool hash table")
         self.tcap = <Py_ssize_t>1 << bits
         self.tshift = 64 - bits
         self.tcount = 0
         for i in range(old_cap):
-            if old_vals[i] != 0:
-                self._put(old_keys[i], old_vals[i])
-        c_free(old_keys)
-        c_free(old_vals)
+            if old[i].val != 0:
+                self._put(old[i].key, old[i].val)
+        c_free(old)
         return 0
 
     # ---- queries ---------------------------------------------------------------------------
@@ -335,6 +347,8 @@ cdef class CBlockPool:
             hb = <int64_t*>hint_a.data.as_longlongs
             n = min(len(hint_a), hi)
             while m < n:
+                if m + _AHEAD < n:
+                    self._prefetch(hb[m + _AHEAD])
                 b = hb[m]
                 if b < 0 or b >= self.next_fresh or not self.blk[b].hashed or self.blk[b].hval != hp[m]:
                     break
@@ -476,6 +490,8 @@ cdef class CBlockPool:
         cdef Py_ssize_t i, b
         cdef int32_t c
         for i in range(len(a) - 1, -1, -1):
+            if i >= _AHEAD:
+                self._prefetch(p[i - _AHEAD])
             b = self._check_c(p[i])
             c = self.blk[b].ref - 1
             if c == 0:
@@ -509,11 +525,11 @@ cdef class CBlockPool:
                 raise RuntimeError(f"block {b}: ref count {self.blk[b].ref} but in_queue={queued}")
         n = 0
         for i in range(self.tcap):
-            b = self.tvals[i]
+            b = self.tab[i].val
             if b == 0:
                 continue
             n += 1
-            h = self.tkeys[i]
+            h = self.tab[i].key
             if not self.blk[b].hashed or self.blk[b].hval != h:
                 raise RuntimeError(f"hash map says block {b} holds {h}, block says otherwise")
             if self._find(h) != b:

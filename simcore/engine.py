@@ -69,6 +69,8 @@ class Engine:
         self._max_requests = run.num_requests if run.num_requests is not None else math.inf
         self._stop_s = run.duration_s if run.duration_s is not None else math.inf
         self._warmup_s = run.warmup_s
+        # a request of at most this many tokens (prompt + output) always fits: context and cache
+        self._fits_tokens = min(cfg.model.max_context, (self.pool.usable_blocks * e.block_size) + 1)
         self.env.process(self._loop())
 
     # ---- used by workloads -----------------------------------------------------------------
@@ -81,19 +83,20 @@ class Engine:
         return self.env.timeout(delay)
 
     def submit(
-        self, seq: TokenSeq, prompt: int, output: int, *, then_wait_s: float = 0.0, **ids: int
+        self, seq: TokenSeq, prompt: int, output: int, *, then_wait_s: float = 0.0,
+        session_id: int = -1, turn: int = 0, profile: int = 0,
     ) -> simpy.Event:
         """Create and enqueue a request; the returned event fires ``then_wait_s`` simulated
         seconds after it completes (value True; a client's think time), or at once if it
         fails (value False)."""
         now = self.env.now
-        req = Request(seq, prompt, output, rid=len(self.records), arrival_s=now,
-                      warmup=now < self._warmup_s, **ids)
+        req = Request(seq, prompt, output, rid=len(self.records), session_id=session_id, turn=turn,
+                      profile=profile, arrival_s=now, warmup=now < self._warmup_s)
         self.records.append(req.record)
         req.done = Completion(self.env)
         req.then_wait_s = then_wait_s
         self.counters.events += 1
-        reason = self._never_fits(req)
+        reason = "" if prompt + output <= self._fits_tokens else self._never_fits(req)
         if reason:
             req.record.status = "failed"
             req.record.error = reason

@@ -126,15 +126,6 @@ class FastScheduler(Scheduler):
     def _allocs_at(self, step: int) -> int:
         return len(self._phase[-step % self.block_size])
 
-    def _pop_finishers(self, step: int) -> list[Request]:
-        heap = self._finish_heap
-        out = []
-        while heap and heap[0][0] <= step:
-            _, _, epoch, req = heapq.heappop(heap)
-            if req.epoch == epoch:
-                out.append(req)
-        return out
-
     # ---- the three paths -----------------------------------------------------------------
     def advance(self, now: float, horizon: float) -> tuple[float, list[Request]]:
         """Run paths back to back while nothing finishes and nothing outside is due: the engine
@@ -190,22 +181,28 @@ class FastScheduler(Scheduler):
         return t, step
 
     def _finish_members(self, step: int, end: float) -> list[Request]:
-        finished = self._pop_finishers(step)
-        for req in finished:
-            self._leave(req, step + 1)
-            self._finish(req, end)
+        """Members whose last token comes out of ``step`` (ending at ``end``) finish."""
+        heap = self._finish_heap
+        finished = []
+        while heap and heap[0][0] <= step:
+            _, _, epoch, req = heapq.heappop(heap)
+            if req.epoch == epoch:  # else a stale entry: the request left the group since
+                self._leave(req, step + 1)
+                self._finish(req, end)
+                finished.append(req)
         return finished
 
     def _mixed_step(self, now: float) -> tuple[float, list[Request]]:
         r = len(self.group)
-        chunks = [(req, req.num_tokens - req.num_computed) for req in self.prefill.values()]
-        demand = r + sum(n for _, n in chunks)
-        if demand > self.max_num_batched_tokens:
-            return self._fallback(now)
-        bs = self.block_size
+        demand = r
         need = self._allocs_at(self.D)
-        need += sum(blocks_for(q.num_computed + n, bs) - len(q.blocks) for q, n in chunks)
-        if need > self.pool.num_free():
+        chunks: list[tuple[Request, int]] = []
+        if self.prefill:
+            chunks = [(req, req.num_tokens - req.num_computed) for req in self.prefill.values()]
+            demand += sum(n for _, n in chunks)
+            bs = self.block_size
+            need += sum(blocks_for(q.num_computed + n, bs) - len(q.blocks) for q, n in chunks)
+        if demand > self.max_num_batched_tokens or need > self.pool.num_free():
             return self._fallback(now)
         # members' and prefilling requests' blocks; the two groups' operations commute except
         # allocations among themselves, so give prefill chunks theirs in admission order too
