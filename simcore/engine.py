@@ -138,11 +138,12 @@ class Engine:
                 self.counters.events += 1
                 yield self._wake
                 continue
-            end, finished = sched.advance(env.now, env.peek())
-            self.counters.events += 1
-            yield env.timeout(end - env.now)
+            now = env.now
+            end, finished = sched.advance(now, env.peek())
             for req in finished:
-                req.done.fire_after(req.then_wait_s, True)
+                req.done.fire_after(req.completion_delay(now), True)
+            self.counters.events += 1
+            yield env.timeout(end - now)
 
     def run(self) -> None:
         self.env.run()

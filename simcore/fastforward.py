@@ -20,6 +20,12 @@ the reference's order (no per-step heap traffic).
   and the free blocks cover every allocation (so no preemption);
 - *fallback*: anything else (preemption, binding budget): materialise the group, run the
   reference step, rebuild the group. Exact by construction, O(batch) per step.
+
+One ``advance`` call runs such paths back to back until a step ends at or after the next
+event that could change the batch: an outside event (``horizon``) or the completion event of
+a request that finished (its client may submit again then). The engine loop would have made
+the same calls one by one with nothing happening in between, so the result is the same with
+fewer SimPy events.
 """
 
 from __future__ import annotations
@@ -128,15 +134,22 @@ class FastScheduler(Scheduler):
 
     # ---- the three paths -----------------------------------------------------------------
     def advance(self, now: float, horizon: float) -> tuple[float, list[Request]]:
-        """Run paths back to back while nothing finishes and nothing outside is due: the engine
-        loop would call again at ``end`` with the same horizon (no event lies in between).
-        At most ``CHAIN`` paths per call, so the loop's wall-clock check still runs."""
+        """Run paths back to back while nothing outside is due: the engine loop would call
+        again at ``end`` with the same horizon (no event lies in between). A request that
+        finishes brings the horizon forward to its completion event (see
+        :meth:`Request.completion_delay`), when its client may submit again. At most ``CHAIN``
+        paths per call, so the loop's wall-clock check still runs."""
         end, finished = self._advance_once(now, horizon)
+        new = finished
         n = 1
-        while not finished and end < horizon and n < CHAIN:
-            end, finished = self._advance_once(end, horizon)
+        while True:
+            for req in new:  # the completion's time exactly as SimPy will compute it
+                horizon = min(horizon, now + req.completion_delay(now))
+            if end >= horizon or n == CHAIN or not self.has_work():
+                return end, finished
+            end, new = self._advance_once(end, horizon)
+            finished += new
             n += 1
-        return end, finished
 
     def _advance_once(self, now: float, horizon: float) -> tuple[float, list[Request]]:
         r = len(self.group)

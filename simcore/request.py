@@ -75,6 +75,11 @@ class Request:
     def num_tokens(self) -> int:
         return self.prompt_len + self.num_generated
 
+    def completion_delay(self, now: float) -> float:
+        """Seconds from ``now`` until its completion event fires: its finish time plus its
+        client's wait (the engine schedules the event as soon as the finish time is known)."""
+        return self.record.finish_s + self.then_wait_s - now
+
     @property
     def max_kv_tokens(self) -> int:
         return self.prompt_len + self.output_len - 1
