@@ -77,7 +77,11 @@ class FastScheduler(Scheduler):
         finish_step = self.D + req.output_len - req.g0 - 1
         heapq.heappush(self._finish_heap, (finish_step, req.admit_seq, req.epoch, req))
         req.member = (req.admit_seq, req, req.blocks, req.seq.hashes, req.c0 - req.d0)
-        insort(self._phase[(req.c0 - req.d0) % self.block_size], req.member, key=_SEQ)
+        bucket = self._phase[(req.c0 - req.d0) % self.block_size]
+        if not bucket or bucket[-1][0] < req.admit_seq:
+            bucket.append(req.member)  # the usual case: the latest admission joins last
+        else:
+            insort(bucket, req.member, key=_SEQ)
         if req.g0 == 0:
             self._first_pending.append(req)
 

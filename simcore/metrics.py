@@ -65,7 +65,7 @@ SUMMARY_FIELDS: dict[str, str] = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Counters:
     """Engine-wide counters, updated on the hot path, aggregated once in :func:`summarize`."""
 
@@ -79,7 +79,7 @@ class Counters:
     events: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestRecord:
     """One request's life. Times are simulated seconds; -1 means "did not happen"."""
 
