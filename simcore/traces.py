@@ -21,8 +21,8 @@ A request's prompt becomes :class:`simcore.hashing.TokenSeq` segments with
     segment (-(7+2), 512)   (-(9+2), 512)    (-(4+2), 76)
 
 Trace content ids are negative so they never collide with the engine's synthetic content ids
-(>= 0): hash id ``h`` becomes ``-(h + 2)``, not ``-(h + 1)``, because CPython hashes -1 like -2
-(``hash(-1) == hash(-2) == -2``), which would give ids 0 and 1 the same block hash. Prompt
+(>= 0): hash id ``h`` becomes ``-(h + 2)``, which also keeps clear of -1 (CPython's ``hash()``
+maps -1 like -2; block hashes do not use ``hash()`` any more, but any code that does stays safe). Prompt
 tokens with no id (Azure traces, or ids that stop early) become one segment unique to the
 request, ``-(10**12 + index)``. Because block hashes chain, two prompts share an engine block
 exactly when their ids agree up to and including the id that block lies in, at any engine block

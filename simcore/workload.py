@@ -274,7 +274,7 @@ class Workload:
                 yield engine.timeout(tr.arrival_s - env.now)
             if not engine.may_submit():
                 return
-            # roots below -1: CPython hashes -1 like -2, so -1 would collide with -2
+            # per-request roots below -1 (clear of -1, which CPython's hash() maps like -2)
             seq = TokenSeq(self.block_size, 0 if not self.session_caching else -(i + 2))
             for cid, length in prompt_segments(tr, i, w.trace_block_tokens):
                 seq.append(cid, length)

@@ -195,8 +195,8 @@ def test_segments_cover_every_prompt_token_and_content_ids_are_negative() -> Non
 
 
 def test_ids_zero_and_one_give_different_blocks() -> None:
-    # regression: with content id -(h + 1), ids 0 and 1 map to -1 and -2, which CPython hashes
-    # alike (hash(-1) == hash(-2)), so two different first blocks got the same block hash
+    # regression: with content id -(h + 1), ids 0 and 1 mapped to -1 and -2, which CPython's
+    # hash() (the block hash then) took alike, so two different first blocks shared a hash
     hashes = []
     for index, ids in enumerate([(0,), (1,)]):
         seq = TokenSeq(512)
