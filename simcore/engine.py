@@ -37,6 +37,8 @@ class Completion(simpy.Event):
     """
 
     def fire_after(self, delay: float, value: Any) -> None:
+        if delay < 0:  # SimPy's queue does not check: a past time would break event order
+            raise ValueError(f"completion scheduled {delay:g} s in the past")
         self._ok = True
         self._value = value
         self.env.schedule(self, delay=delay)

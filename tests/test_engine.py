@@ -193,3 +193,41 @@ def test_absurd_turn_count_is_capped_by_what_the_context_can_hold():
     assert res.requests is not None
     # sessions end when the context is full: 2048 // 70 tokens per turn -> at most 29 turns
     assert max(r["turn"] for r in res.requests) < 2048 // 70
+
+
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_completion_fires_after_the_clients_wait_while_the_engine_runs_on(mode):
+    """A request's completion event fires its client's wait after the request finishes (the
+    engine schedules it once the finish is known) while the engine keeps serving the others."""
+    from simcore.engine import Engine
+    from simcore.hashing import TokenSeq
+
+    engine = Engine(small_cfg(run={"num_requests": 10, "mode": mode}), 1000)
+    env = engine.env
+    resumed: dict[str, tuple[bool, float]] = {}
+
+    def client(name: str, content: int, output: int, wait: float):
+        seq = TokenSeq(4)
+        seq.append(content, 40)
+        prompt = seq.num_tokens
+        seq.append(content + 1, output)
+        ok = yield engine.submit(seq, prompt, output, then_wait_s=wait)
+        resumed[name] = (ok, env.now)
+
+    env.process(client("short", 10, 5, 0.25))
+    env.process(client("long", 20, 400, 0.0))
+    engine.run()
+    short, long = sorted(engine.records, key=lambda r: r.request_id)
+    assert resumed["short"][0] is True and resumed["long"][0] is True
+    assert resumed["short"][1] == pytest.approx(short.finish_s + 0.25, abs=1e-12)
+    assert resumed["long"][1] == pytest.approx(long.finish_s, abs=1e-12)
+    assert short.finish_s + 0.25 < long.finish_s  # the long one ran on past the short one's wait
+
+
+def test_a_completion_cannot_be_scheduled_in_the_past():
+    import simpy
+
+    from simcore.engine import Completion
+
+    with pytest.raises(ValueError, match="in the past"):
+        Completion(simpy.Environment()).fire_after(-0.5, True)
