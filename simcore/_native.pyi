@@ -4,7 +4,10 @@ from typing import Any
 
 from simcore.blocks import BlockPool
 
-class CBlockPool(BlockPool): ...
+class CBlockPool(BlockPool):
+    def admit_chain(
+        self, hashes: array[int], hint: array[int] | None, num_tokens: int, budget: int, bs: int
+    ) -> tuple[array[int], int, int] | None: ...
 
 def extend_hashes(
     segs: list[tuple[int, int]], seg: int, off: int, block_size: int, want: int,

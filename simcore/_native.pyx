@@ -363,6 +363,44 @@ cdef class CBlockPool:
             _push_i64(out, b)
         return out
 
+    def admit_chain(self, hashes, hint, Py_ssize_t num_tokens, Py_ssize_t budget, Py_ssize_t bs):
+        """``KVCacheManager.lookup`` then ``admit`` for a waiting request, in one call.
+
+        The longest cached leading run of ``hashes`` (leaving the last of ``num_tokens`` to
+        compute; none when caching is off), then room for ``n = min(num_tokens - hit tokens,
+        budget)`` new tokens, with every block those fill hashed. Returns (block table, n, hit
+        blocks), or None, with nothing changed, when the blocks do not fit.
+        """
+        cdef array.array table
+        cdef array.array ha = _i64(hashes)
+        cdef int64_t* hp = <int64_t*>ha.data.as_longlongs
+        cdef int64_t* tp
+        cdef Py_ssize_t n_hits, computed, n, need, full, j, taken = 0
+        if self.enable_caching:
+            table = self.hit_run(ha, (num_tokens - 1) // bs, hint)
+        else:
+            table = py_array.array("q")
+        n_hits = len(table)
+        computed = n_hits * bs
+        n = min(num_tokens - computed, budget)
+        need = (computed + n + bs - 1) // bs - n_hits
+        full = (computed + n) // bs
+        if self.enable_caching and full > len(ha):
+            raise ValueError(f"admit_chain: {len(ha)} block hashes, {full} blocks to cache")
+        tp = <int64_t*>table.data.as_longlongs
+        for j in range(n_hits):  # hits in the free queue use up free blocks too
+            if self.blk[tp[j]].ref == 0:
+                taken += 1
+        if not self._has_room(need + taken):
+            return None
+        self.touch(table)
+        self.allocate_into(table, need)
+        if self.enable_caching:
+            tp = <int64_t*>table.data.as_longlongs  # the table may have moved as it grew
+            for j in range(n_hits, full):
+                self._cache(<Py_ssize_t>tp[j], hp[j])
+        return table, n, n_hits
+
     def count_free_in(self, block_ids):
         """How many of ``block_ids`` sit in the free queue (a hit on them uses up free capacity)."""
         cdef array.array a = _i64(block_ids)

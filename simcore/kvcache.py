@@ -10,8 +10,9 @@ Policy-free: the scheduler decides who gets memory; this module does the block a
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from simcore import native
 from simcore.blocks import BlockPool
 from simcore.request import Request
 
@@ -27,6 +28,32 @@ class KVCacheManager:
         self.block_size = block_size
         self.caching = caching
         self.hinted_lookup = hinted_lookup
+        # admission of a waiting request: lookup then admit; the compiled pool does both in one
+        # call (same blocks, same order) when fast mode's hinted lookups are on
+        compiled = native.NATIVE is not None and isinstance(pool, native.NATIVE.CBlockPool)
+        if compiled and hinted_lookup and pool.enable_caching == caching:
+            self.admit_waiting: Callable[[Request, int], int] = self._admit_compiled
+        else:
+            self.admit_waiting = self._admit_lookup_then_admit
+
+    def _admit_lookup_then_admit(self, req: Request, budget: int) -> int:
+        """Admit a waiting request with its cached prefix and room for up to ``budget`` new
+        tokens; return the tokens it computes this step, or -1 (nothing changed) if it does
+        not fit."""
+        hits = self.lookup(req)
+        n = min(req.num_tokens - len(hits) * self.block_size, budget)
+        return n if self.admit(req, hits, n) else -1
+
+    def _admit_compiled(self, req: Request, budget: int) -> int:
+        """:meth:`_admit_lookup_then_admit` with the compiled pool's ``admit_chain``."""
+        bs = self.block_size
+        got = self.pool.admit_chain(req.seq.hashes, req.seq.hint_blocks, req.num_tokens, budget, bs)  # type: ignore[attr-defined]
+        if got is None:
+            return -1
+        req.blocks, n, n_hits = got
+        req.num_computed = n_hits * bs
+        req.num_cached_blocks = (req.num_computed + n) // bs if self.caching else n_hits
+        return n  # type: ignore[no-any-return]
 
     def lookup(self, req: Request) -> Sequence[int]:
         """Cached blocks of the longest leading hit, leaving at least the last token to compute."""

@@ -99,9 +99,8 @@ class Scheduler:
         waiting = self.waiting
         while waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = waiting[0]
-            hits = self.kv.lookup(req)
-            n = min(req.num_tokens - len(hits) * self.block_size, budget)
-            if not self.kv.admit(req, hits, n):
+            n = self.kv.admit_waiting(req, budget)
+            if n < 0:
                 break
             waiting.popleft()
             req.admit_seq = self._admissions

@@ -27,7 +27,7 @@ def test_native_pool_is_built_where_required():
 
 ops = st.lists(
     st.tuples(
-        st.sampled_from(["alloc", "alloc1", "free", "hit", "cache", "cache_dup"]),
+        st.sampled_from(["alloc", "alloc1", "free", "hit", "cache", "cache_dup", "admit"]),
         st.integers(0, 9),
         st.integers(0, 12),
     ),
@@ -38,6 +38,35 @@ ops = st.lists(
 def _state(pool: BlockPool) -> tuple:
     return (pool.free_queue(), pool.ref_cnt, pool.num_free(), pool.num_used(), pool.num_cached(),
             pool.evictions)
+
+
+def _admit_both(pools: list, chains: list[list[int]], held: list[list[int]], n: int, h: int,
+                caching: bool) -> tuple[list[int], int, int, list[int]] | None:
+    """The compiled pool's admit_chain against the KV manager's Python steps (lookup, room
+    check, touch, allocate, hash the filled blocks) on the reference pool: same result, and
+    the caller compares the pools' states."""
+    bs = 4
+    base = chains[n % len(chains)] if chains else []
+    hashes = base + [hash((7777, len(chains), n, i)) for i in range(h % 4)]
+    num_tokens = max(1, len(hashes) * bs + n % bs)
+    budget = 1 + 3 * h
+    hint = array("q", held[h % len(held)]) if held else None
+    ref, nat = pools
+    got = nat.admit_chain(array("q", hashes), hint, num_tokens, budget, bs)
+    hits = ref.hit_run(hashes, (num_tokens - 1) // bs, hint) if caching else array("q")
+    n_hits = len(hits)
+    new = min(num_tokens - n_hits * bs, budget)
+    need = -(-(n_hits * bs + new) // bs) - n_hits
+    if need + ref.count_free_in(hits) > ref.num_free():
+        assert got is None
+        return None
+    ref.touch(hits)
+    assert ref.allocate_into(hits, need)
+    full = (n_hits * bs + new) // bs
+    if caching:
+        ref.cache_blocks(hits[n_hits:full], hashes[n_hits:full])
+    assert got is not None and (list(got[0]), got[1], got[2]) == (list(hits), new, n_hits)
+    return list(hits), new, n_hits, hashes
 
 
 @pytest.mark.skipif(NATIVE is None, reason="compiled pool not built")
@@ -87,6 +116,13 @@ def test_native_pool_matches_reference(operations, num_blocks, caching):
                     p.cache_block(b, hv)
             if caching and hashes:
                 chains.append(hashes)
+        elif op == "admit":
+            got = _admit_both(pools, chains, held, n, h, caching)
+            if got is not None:
+                held.append(got[0])
+                full = (got[2] * 4 + got[1]) // 4
+                if caching and full:
+                    chains.append(got[3][:full])
         assert _state(pools[0]) == _state(pools[1])
         probe = [hv for chain in chains[-3:] for hv in chain[:3]]
         assert [pools[0].cached_block(hv) for hv in probe] == [pools[1].cached_block(hv) for hv in probe]
@@ -174,3 +210,20 @@ def test_native_decode_steps_match_python_bit_for_bit(r, attn, first, used, term
            data.draw(st.integers(0, 10**5)))
     args = (now, horizon, r, first, last, attn, used, phase, tuple(terms), acc)
     assert c_steps(*args) == py_steps(*args)
+
+
+@pytest.mark.skipif(NATIVE is None, reason="compiled pool not built")
+def test_admit_chain_counts_only_free_hits_against_the_room():
+    """A prefix held by another request costs no free blocks: with 2 free blocks, a request
+    that hits 4 held blocks and needs 2 new ones fits (as KVCacheManager.admit decides)."""
+    pool = NATIVE(10)  # 9 usable blocks
+    chain = pool.allocate(4)
+    hashes = [11, 12, 13, 14]
+    pool.cache_blocks(chain, hashes)
+    pool.allocate(3)  # 7 in use, 2 free
+    got = pool.admit_chain(array("q", hashes + [15]), None, 21, 100, 4)
+    assert got is not None
+    table, n, n_hits = got
+    assert (list(table[:4]), n, n_hits, len(table)) == (chain, 5, 4, 6)
+    assert pool.num_free() == 0 and pool.hash_of(table[4]) == 15
+    assert pool.admit_chain(array("q", hashes + [15, 16]), None, 25, 100, 4) is None
