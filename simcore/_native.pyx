@@ -375,7 +375,7 @@ cdef class CBlockPool:
         cdef array.array ha = _i64(hashes)
         cdef int64_t* hp = <int64_t*>ha.data.as_longlongs
         cdef int64_t* tp
-        cdef Py_ssize_t n_hits, computed, n, need, full, j, taken = 0
+        cdef Py_ssize_t n_hits, computed, n, need, full, j
         if self.enable_caching:
             table = self.hit_run(ha, (num_tokens - 1) // bs, hint)
         else:
@@ -387,11 +387,8 @@ cdef class CBlockPool:
         full = (computed + n) // bs
         if self.enable_caching and full > len(ha):
             raise ValueError(f"admit_chain: {len(ha)} block hashes, {full} blocks to cache")
-        tp = <int64_t*>table.data.as_longlongs
-        for j in range(n_hits):  # hits in the free queue use up free blocks too
-            if self.blk[tp[j]].ref == 0:
-                taken += 1
-        if not self._has_room(need + taken):
+        # hits in the free queue use up free blocks too
+        if not self._has_room(need + self._count_free(table)):
             return None
         self.touch(table)
         self.allocate_into(table, need)
@@ -403,10 +400,12 @@ cdef class CBlockPool:
 
     def count_free_in(self, block_ids):
         """How many of ``block_ids`` sit in the free queue (a hit on them uses up free capacity)."""
-        cdef array.array a = _i64(block_ids)
-        cdef int64_t* p = <int64_t*>a.data.as_longlongs
+        return self._count_free(_i64(block_ids))
+
+    cdef Py_ssize_t _count_free(self, array.array table) except -1:
+        cdef int64_t* p = <int64_t*>table.data.as_longlongs
         cdef Py_ssize_t i, n = 0
-        for i in range(len(a)):
+        for i in range(len(table)):
             if self.blk[self._check_c(p[i])].ref == 0:
                 n += 1
         return n

@@ -98,7 +98,7 @@ class Engine:
         req.done = Completion(self.env)
         req.then_wait_s = then_wait_s
         self.counters.events += 1
-        reason = "" if prompt + output <= self._fits_tokens else self._never_fits(req)
+        reason = self._never_fits(req)
         if reason:
             req.record.status = "failed"
             req.record.error = reason
@@ -112,6 +112,9 @@ class Engine:
         return req.done
 
     def _never_fits(self, req: Request) -> str:
+        """Why ``req`` can never run (too long for the context or the whole cache), or ""."""
+        if req.prompt_len + req.output_len <= self._fits_tokens:  # the bound both checks imply
+            return ""
         ctx = self.cfg.model.max_context
         if req.prompt_len + req.output_len > ctx:
             return f"prompt {req.prompt_len} + output {req.output_len} tokens exceed the model context {ctx}"

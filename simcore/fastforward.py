@@ -58,7 +58,7 @@ class FastScheduler(Scheduler):
         self.prefill: dict[int, Request] = {}  # admit_seq -> running request not in decode
         self.sum_c0_minus_d0 = 0  # sum over members of c0 - d0: computed tokens = this + R * D
         self._finish_heap: list[_Entry] = []
-        # phase -> [(admit_seq, member)] sorted by admit_seq
+        # phase -> that phase's decode members (Member tuples), sorted by admit_seq
         self._phase: list[list[Member]] = [[] for _ in range(self.block_size)]
         self._first_pending: list[Request] = []  # members whose next token is their first
         # the compiled twin of _block_events, when the pool is the compiled one
