@@ -77,6 +77,10 @@ class BlockPool:
     def cached_block(self, block_hash: int) -> int | None:
         return self._hash_to_block.get(block_hash)
 
+    def cached_hashes(self) -> frozenset[int]:
+        """Every hash a lookup can find now (a snapshot: later changes do not show in it)."""
+        return frozenset(self._hash_to_block)
+
     def hash_of(self, block_id: int) -> int | None:
         """The hash a block holds, or None."""
         return self.block_hash[block_id]
