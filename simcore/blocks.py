@@ -21,6 +21,9 @@ one hash (two requests computed the same content at once); lookups return the fi
 
 "No room" is a return value (``allocate`` returns ``None``); misuse (freeing a free block,
 hashing a hashed block) raises ``RuntimeError``.
+
+``spill``: set it to a list and the pool appends every hash that leaves it (the eviction of the
+last block holding it), in order, for a CPU tier (``simcore/tiers.py``) to take.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ class BlockPool:
         self._hash_to_block: dict[int, int] = {}
         self._dup_blocks: dict[int, list[int]] = {}  # hash -> further blocks holding it
         self.evictions = 0
+        # a list to collect every hash that leaves the pool (its last block evicted), in order,
+        # for a CPU tier to store (see simcore/tiers.py); None: not collected
+        self.spill: list[int] | None = None
 
     # ---- queries ---------------------------------------------------------------------------
     @property
@@ -210,6 +216,8 @@ class BlockPool:
         self.evictions += 1
         if h not in self._dup_blocks:  # the common case: the only block holding h
             del self._hash_to_block[h]
+            if self.spill is not None:
+                self.spill.append(h)
             return
         dups = self._dup_blocks[h]
         if self._hash_to_block[h] == b:
