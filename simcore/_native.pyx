@@ -337,6 +337,16 @@ cdef class CBlockPool:
             out.append(self.ids[b])
         return out
 
+    def leading_run(self, hashes, Py_ssize_t max_blocks):
+        """``len(longest_hit(hashes, max_blocks))``: how many leading hashes are cached."""
+        cdef array.array ha = _i64(hashes)
+        cdef int64_t* hp = <int64_t*>ha.data.as_longlongs
+        cdef Py_ssize_t n = min(max_blocks, len(ha))
+        cdef Py_ssize_t j = 0
+        while j < n and self._find(hp[j]) != 0:
+            j += 1
+        return j
+
     def longest_hit_hinted(self, hashes, Py_ssize_t max_blocks, hint=None):
         """``BlockPool.longest_hit_hinted``: the hint's leading run of blocks that still hold
         the chain's hashes, compared in C, then table lookups until the first miss."""

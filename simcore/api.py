@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from simcore.cluster import Cluster
 from simcore.config import SimConfig
 from simcore.costmodel import kv_capacity_blocks
-from simcore.engine import Engine
-from simcore.metrics import empty_summary, summarize
+from simcore.metrics import empty_summary, merge_counters, summarize
 from simcore.workload import Workload
 
 
@@ -35,16 +35,20 @@ def simulate(cfg: SimConfig, wall_limit_s: float | None = None) -> RunResult:
     num_blocks, reason = kv_capacity_blocks(cfg)
     if reason is not None:
         return RunResult("infeasible", empty_summary(), error=reason)
-    engine = Engine(cfg, num_blocks, wall_limit_s)
-    Workload(cfg).start(engine)
-    engine.run()
+    cluster = Cluster(cfg, num_blocks, wall_limit_s)
+    Workload(cfg).start(cluster)
+    cluster.run()
+    parts = [e.counters for e in cluster.engines]
+    counters = merge_counters(parts)
+    counters.events += cluster.events
     summary = summarize(
-        engine.records,
-        engine.counters,
+        cluster.records,
+        counters,
         capacity_blocks=num_blocks - 1,
         block_size=cfg.engine.block_size,
         warmup_s=cfg.run.warmup_s,
         wall_s=time.perf_counter() - t0,
+        replica_counters=parts,
     )
-    rows = [r.as_row() for r in engine.records] if cfg.run.record_requests else None
+    rows = [r.as_row() for r in cluster.records] if cfg.run.record_requests else None
     return RunResult("ok", summary, requests=rows)

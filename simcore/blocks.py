@@ -108,6 +108,16 @@ class BlockPool:
         except ValueError:
             return found  # type: ignore[return-value]
 
+    def leading_run(self, hashes: Sequence[int], max_blocks: int) -> int:
+        """``len(longest_hit(hashes, max_blocks))``: how many leading hashes are cached."""
+        get = self._hash_to_block.get
+        n = 0
+        for h in hashes[:max_blocks]:
+            if get(h) is None:
+                break
+            n += 1
+        return n
+
     def longest_hit_hinted(
         self, hashes: Sequence[int], max_blocks: int, hint: Sequence[int] | None = None
     ) -> list[int]:

@@ -2,17 +2,21 @@
 
 Timing rule (both scheduler modes): a request that arrives at or before the end of a step is
 seen by the next step's schedule. The engine enforces it by letting every event due at the
-current time run before it schedules (``_settle``).
+current time run before it schedules: its own events are :class:`Late` (SimPy runs events due at
+one time by priority, and these come after every ordinary event), so when the loop resumes,
+everything else due then has run, however many engines share the environment.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import simpy
+from simpy.events import EventPriority
 
 from simcore.blocks import BlockPool, native_pool_class
 from simcore.config import SimConfig
@@ -23,6 +27,18 @@ from simcore.kvcache import KVCacheManager, blocks_for
 from simcore.metrics import Counters, RequestRecord
 from simcore.request import Request
 from simcore.scheduler import Scheduler
+
+LATE = EventPriority(2)  # after SimPy's NORMAL (1): an engine's own events run after all others due then
+
+
+class Late(simpy.Event):
+    """Fires ``delay`` seconds from now, after every ordinary event due at that time."""
+
+    def __init__(self, env: simpy.Environment, delay: float) -> None:
+        super().__init__(env)
+        self._ok = True
+        self._value = None
+        env.schedule(self, LATE, delay)
 
 
 class SimulationTimeout(RuntimeError):
@@ -45,13 +61,36 @@ class Completion(simpy.Event):
 
 
 class Engine:
-    """One serving engine: a block pool, a scheduler and the SimPy loop that drives them."""
+    """One serving engine: a block pool, a scheduler and the SimPy loop that drives them.
 
-    def __init__(self, cfg: SimConfig, num_blocks: int, wall_limit_s: float | None = None) -> None:
+    Alone, it owns its SimPy environment and request list. As a replica of a cluster
+    (``simcore/cluster.py``) it shares both with the other replicas (``env``, ``records``: request
+    ids and the run's request count are cluster-wide), runs its work up to the ``horizon`` the
+    cluster computes instead of the next event in the environment, and reports each event a
+    workload may react to (a completion) through ``note``.
+
+    ``outstanding_requests`` / ``outstanding_tokens``: requests submitted here that have not
+    finished, and their prompt tokens (what a router may ask; they change with the engine's
+    state, at the start of the step that finishes a request, in both scheduler modes).
+    """
+
+    def __init__(
+        self, cfg: SimConfig, num_blocks: int, wall_limit_s: float | None = None, *,
+        env: simpy.Environment | None = None, records: list[RequestRecord] | None = None, replica: int = 0,
+        horizon: Callable[[], float] | None = None, note: Callable[[float], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self._deadline = None if wall_limit_s is None else time.perf_counter() + wall_limit_s
         self._wall_limit_s = wall_limit_s
-        self.env = simpy.Environment()
+        self.env = env if env is not None else simpy.Environment()
+        self.replica = replica
+        self._horizon = horizon if horizon is not None else self.env.peek
+        self._note = note
+        self.outstanding_requests = 0
+        self.outstanding_tokens = 0
+        # (client wait, request) of outstanding requests, for the cluster's lookahead (lazy heap)
+        self._waits: list[tuple[float, int, Request]] = []
+        self.next_start = 0.0  # when the loop runs next (inf while idle)
         self.counters = Counters()
         e = cfg.engine
         caching = e.prefix_caching != "off"
@@ -65,7 +104,7 @@ class Engine:
             self.kv, CostModel(cfg), self.counters,
             max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,
         )
-        self.records: list[RequestRecord] = []
+        self.records: list[RequestRecord] = records if records is not None else []
         self._wake: simpy.Event | None = None
         run = cfg.run
         self._max_requests = run.num_requests if run.num_requests is not None else math.inf
@@ -94,6 +133,7 @@ class Engine:
         now = self.env.now
         req = Request(seq, prompt, output, rid=len(self.records), session_id=session_id, turn=turn,
                       profile=profile, arrival_s=now, warmup=now < self._warmup_s)
+        req.record.replica = self.replica
         self.records.append(req.record)
         req.done = Completion(self.env)
         req.then_wait_s = then_wait_s
@@ -105,6 +145,10 @@ class Engine:
             req.record.finish_s = now
             req.done.succeed(False)
             return req.done
+        self.outstanding_requests += 1
+        self.outstanding_tokens += prompt
+        if self._note is not None:
+            heapq.heappush(self._waits, (then_wait_s, req.rid, req))
         self.scheduler.add(req)
         if self._wake is not None:
             self._wake.succeed()
@@ -135,24 +179,57 @@ class Engine:
                     f"simulation exceeded its wall-time limit of {self._wall_limit_s:g} s "
                     f"at simulated time {env.now:.1f} s"
                 )
-            while env.peek() <= env.now:  # settle: everything due now runs before the schedule
-                self.counters.events += 1
-                yield env.timeout(0)
             if not sched.has_work():
                 self._wake = env.event()
                 self.counters.events += 1
+                self.next_start = math.inf
                 yield self._wake
+                # a submission woke the loop: let everything else due now run before the schedule
+                self.next_start = env.now
+                self.counters.events += 1
+                yield Late(env, 0.0)
                 continue
             now = env.now
-            end, finished = sched.advance(now, env.peek())
-            for req in finished:
-                req.done.fire_after(req.completion_delay(now), True)
+            end, finished = sched.advance(now, self._horizon())
+            if finished:
+                self._finished(now, finished)
             self.counters.events += 1
-            yield env.timeout(end - now)
+            self.next_start = end
+            yield Late(env, end - now)
+
+    def _finished(self, now: float, finished: Sequence[Request]) -> None:
+        """Schedule the completion events of requests the last advance finished."""
+        note = self._note
+        for req in finished:
+            delay = req.completion_delay(now)
+            req.done.fire_after(delay, True)
+            if note is not None:
+                note(now + delay)
+            self.outstanding_tokens -= req.prompt_len
+        self.outstanding_requests -= len(finished)
+
+    def lookahead(self) -> float:
+        """The earliest time a request outstanding here could complete (its completion event,
+        when its client may submit again): no sooner than the loop's next run plus the least
+        client wait among them; inf with nothing outstanding. (Requests submitted later arrive
+        with events the cluster already waits for.)"""
+        waits = self._waits
+        while waits and waits[0][2].record.status != "pending":
+            heapq.heappop(waits)
+        return self.next_start + waits[0][0] if waits else math.inf
+
+    # ---- a router's questions (read-only) ------------------------------------------------------
+    def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
+        """Tokens of the longest leading run of ``hashes`` held here (whole blocks)."""
+        return self.kv.cached_prefix_tokens(hashes)
 
     def run(self) -> None:
         self.env.run()
-        self.counters.evictions = self.pool.evictions
+        self.collect()
         for rec in self.records:
             if rec.status == "pending":
                 raise RuntimeError(f"request {rec.request_id} never finished: engine bug")
+
+    def collect(self) -> None:
+        """Copy the pool's own tallies into the counters (once the run is over)."""
+        self.counters.evictions = self.pool.evictions

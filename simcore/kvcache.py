@@ -104,6 +104,11 @@ class KVCacheManager:
             self.pool.cache_blocks(req.blocks[start:full], req.seq.hashes[start:full])
             req.num_cached_blocks = full
 
+    def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
+        """Tokens of the longest leading run of ``hashes`` held here, whole blocks, no cap (a
+        router's question; changes nothing)."""
+        return self.pool.leading_run(hashes, len(hashes)) * self.block_size
+
     def free(self, req: Request) -> None:
         """Release a request's blocks deepest-first; hashed ones stay findable until evicted."""
         self.pool.free(req.blocks)

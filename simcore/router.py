@@ -38,7 +38,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol
+from typing import ClassVar, Literal, Protocol, get_args
 
 import numpy as np
 
@@ -191,7 +191,7 @@ class PrefixAware(Router):
         return max(range(len(scores)), key=scores.__getitem__)  # the first of equal maxima
 
 
-ROUTERS: tuple[str, ...] = ("round_robin", "random", "least_loaded", "session_affinity", "prefix_aware")
+ROUTERS: tuple[str, ...] = get_args(RouterName)
 
 
 def make_router(

@@ -38,6 +38,7 @@ from simcore.dists import sample_tokens
 from simcore.hashing import TokenSeq
 
 if TYPE_CHECKING:
+    from simcore.cluster import Cluster
     from simcore.engine import Engine
 
 _SYS_STRIDE = 2**20
@@ -162,7 +163,7 @@ class Workload:
     def _draw_profile(self, rng: np.random.Generator, n: int) -> list[int]:
         return rng.choice(len(self.profiles), size=n, p=self.weights).tolist()  # type: ignore[no-any-return]
 
-    def start(self, engine: Engine) -> None:
+    def start(self, engine: Engine | Cluster) -> None:
         env = engine.env
         w = self.cfg.workload
         if isinstance(w, TraceWorkload):
@@ -178,7 +179,7 @@ class Workload:
             env.process(self._open_loop(engine, rate))
 
     # ---- processes -------------------------------------------------------------------------
-    def _user(self, engine: Engine, user: int) -> Generator[Any, Any, None]:
+    def _user(self, engine: Engine | Cluster, user: int) -> Generator[Any, Any, None]:
         draws = _Draws(_rng(self.seed, 1, user), USER_DRAW_BATCH)
         ids = _Ids(user)
         n = 0
@@ -188,7 +189,7 @@ class Workload:
             if not alive:
                 return
 
-    def _open_loop(self, engine: Engine, rate: float) -> Generator[Any, Any, None]:
+    def _open_loop(self, engine: Engine | Cluster, rate: float) -> Generator[Any, Any, None]:
         rng = _rng(self.seed, 2)
         env = engine.env
         i = 0
@@ -202,7 +203,7 @@ class Workload:
             i += 1
 
     def _session(
-        self, engine: Engine, draws: _Draws, ids: _Ids, session_id: int, stagger: bool = False
+        self, engine: Engine | Cluster, draws: _Draws, ids: _Ids, session_id: int, stagger: bool = False
     ) -> Generator[Any, Any, bool]:
         """One conversation; returns False when the run stops accepting requests.
 
@@ -263,7 +264,7 @@ class Workload:
         self._openings[(k, sys_k)] = seq
         return seq.copy()
 
-    def _trace(self, engine: Engine, w: TraceWorkload) -> Generator[Any, Any, None]:
+    def _trace(self, engine: Engine | Cluster, w: TraceWorkload) -> Generator[Any, Any, None]:
         from simcore.traces import prompt_segments
 
         reqs = _load_trace_cached(w.path, w.format, w.time_scale, w.limit, _mtime(w.path))

@@ -96,6 +96,7 @@ def test_native_pool_matches_reference(operations, num_blocks, caching):
             hashes = chains[n % len(chains)]
             found = [p.longest_hit(hashes, len(hashes)) for p in pools]
             assert found[0] == found[1]
+            assert [p.leading_run(hashes, h) for p in pools] == [len(found[0][:h])] * 2
             # a hint from some other held chain: the hinted lookup must still give exactly the
             # linear result
             ids = held[h % len(held)] if held else None

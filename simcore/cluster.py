@@ -1,0 +1,166 @@
+"""A serving cluster: N engine replicas in one SimPy environment behind a router.
+
+Workloads submit to the cluster as they would to one engine (``env``, ``timeout``,
+``may_submit``, ``submit``); the router (``simcore/router.py``) picks the replica for each
+request through read-only views of the engines, and the chosen engine takes the request as if it
+had been submitted to it alone. Request ids, the request count and the end of arrivals are
+cluster-wide; every request's record names its replica. With one replica the router steps
+aside and the cluster is exactly the single engine.
+
+Fast mode across replicas. An engine's fast path runs steps back to back up to a *horizon*,
+the earliest time anything could change its batch, or a router could look at it. Alone, that is
+the next event in the environment. In a cluster the other engines' own step events are in the
+environment too, and stopping at each of them would cut every engine's runs N times as often;
+what matters is only when a router can act: at a workload event (an arrival, a client's
+completion, a snapshot), all of which the cluster records as they are scheduled (``note``), or
+at a completion another engine has not computed yet. An engine B cannot complete anything
+before its loop runs again plus the least client wait among its outstanding requests
+(:meth:`Engine.lookahead`), so::
+
+    horizon(A) = min(next workload event, min over B != A of B.lookahead())
+
+(the lookahead of conservative parallel discrete-event simulation). No router acts before it,
+so every engine's state is exact whenever a router reads it, in fast and reference mode alike.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
+
+import simpy
+
+from simcore.config import SimConfig
+from simcore.engine import Engine
+from simcore.hashing import TokenSeq
+from simcore.metrics import RequestRecord
+from simcore.router import RouteRequest, make_router
+
+
+class SnapshotView:
+    """A router's view of an engine whose cache state is refreshed every so often
+    (``cluster.snapshot_interval_s``); load figures stay exact (the router counts its own
+    requests, as llm-d's active-request scorer does)."""
+
+    __slots__ = ("engine", "block_size", "_held")
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.block_size = engine.kv.block_size
+        self._held: frozenset[int] = frozenset()
+
+    @property
+    def outstanding_requests(self) -> int:
+        return self.engine.outstanding_requests
+
+    @property
+    def outstanding_tokens(self) -> int:
+        return self.engine.outstanding_tokens
+
+    def refresh(self) -> None:
+        self._held = self.engine.pool.cached_hashes()
+
+    def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
+        held = self._held
+        n = 0
+        for h in hashes:
+            if h not in held:
+                break
+            n += 1
+        return n * self.block_size
+
+
+class Cluster:
+    """``cfg.cluster.replicas`` engines sharing one environment, behind ``cfg.cluster.router``."""
+
+    def __init__(self, cfg: SimConfig, num_blocks: int, wall_limit_s: float | None = None) -> None:
+        self.cfg = cfg
+        c = cfg.cluster
+        self.env = simpy.Environment()
+        self.records: list[RequestRecord] = []
+        self.events = 0  # the cluster's own SimPy events (workload timeouts, snapshots)
+        self._pending: list[float] = []  # times of scheduled workload events (a min-heap)
+        self.block_size = cfg.engine.block_size
+        n = c.replicas
+        alone = n == 1
+        self.engines = [
+            Engine(cfg, num_blocks, wall_limit_s, env=self.env, records=self.records, replica=i,
+                   horizon=None if alone else self._horizon_for(i), note=None if alone else self._note)
+            for i in range(n)
+        ]
+        self.router = None if alone else make_router(
+            c.router, seed=cfg.run.seed, load_metric=c.load_metric, prefix_weight=c.prefix_weight,
+            load_weight=c.load_weight,
+        )
+        self.views: Sequence[Any] = self.engines
+        if self.router is not None and self.router.uses_cache and c.snapshot_interval_s is not None:
+            self.views = [SnapshotView(e) for e in self.engines]
+            self.env.process(self._snapshots(c.snapshot_interval_s))
+
+    # ---- what workloads use (the interface of an Engine) ----------------------------------
+    def may_submit(self) -> bool:
+        return self.engines[0].may_submit()
+
+    def timeout(self, delay: float) -> simpy.Timeout:
+        if self.router is None:
+            return self.engines[0].timeout(delay)
+        self.events += 1
+        self._note(self.env.now + delay)
+        return self.env.timeout(delay)
+
+    def submit(
+        self, seq: TokenSeq, prompt: int, output: int, *, then_wait_s: float = 0.0,
+        session_id: int = -1, turn: int = 0, profile: int = 0,
+    ) -> simpy.Event:
+        """Route the request, then submit it to the chosen engine (see :meth:`Engine.submit`)."""
+        i = 0
+        if self.router is not None:
+            full = prompt // self.block_size
+            hashes = seq.ensure_hashes(prompt)[:full]
+            i = self.router.route(RouteRequest(session_id, hashes, prompt), self.views)
+        return self.engines[i].submit(seq, prompt, output, then_wait_s=then_wait_s, session_id=session_id,
+                                      turn=turn, profile=profile)
+
+    def run(self) -> None:
+        self.env.run()
+        for e in self.engines:
+            e.collect()
+        for rec in self.records:
+            if rec.status == "pending":
+                raise RuntimeError(f"request {rec.request_id} never finished: engine bug")
+
+    # ---- fast mode across replicas ------------------------------------------------------------
+    def _note(self, t: float) -> None:
+        """A workload event is scheduled at ``t``: no engine may run past it unexamined."""
+        heapq.heappush(self._pending, t)
+
+    def _horizon_for(self, i: int) -> Callable[[], float]:
+        """Engine ``i``'s horizon (module notes), as a function of the moment it is asked."""
+        pending = self._pending
+        env = self.env
+
+        def horizon() -> float:
+            now = env.now
+            while pending and pending[0] <= now:  # every event due by now has run (settled)
+                heapq.heappop(pending)
+            h = pending[0] if pending else math.inf
+            for j, e in enumerate(self.engines):
+                if j != i:
+                    la = e.lookahead()
+                    if la < h:
+                        h = la
+            return h
+
+        return horizon
+
+    def _snapshots(self, interval: float) -> Generator[Any, Any, None]:
+        """Refresh every view's cache snapshot at 0, interval, 2 x interval, ... while arrivals go on."""
+        views: list[SnapshotView] = self.views  # type: ignore[assignment]
+        while self.may_submit():
+            for v in views:
+                v.refresh()
+            self.events += 1
+            self._note(self.env.now + interval)
+            yield self.env.timeout(interval)
