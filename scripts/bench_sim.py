@@ -100,9 +100,10 @@ def against(rev: str, path: str, requests: int, repeat: int, same_figures: bool)
               f"({new['req_per_s']:,.0f} vs {old['req_per_s']:,.0f} simulated req/wall-s)")
         figures = ("steps", "hit_rate", "ttft_p50_ms")
         if same_figures and any(new[k] != old[k] for k in figures):
-            raise SystemExit("the two trees give different figures: pass --figures-differ if that is intended")
+            raise SystemExit("the trees give different figures: pass --figures-differ if that is meant")
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                       capture_output=True)
 
 
 def show(label: str, rows: list[dict[str, float]]) -> dict[str, float]:
