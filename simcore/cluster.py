@@ -33,7 +33,7 @@ from typing import Any
 import simpy
 
 from simcore.config import SimConfig
-from simcore.engine import Engine
+from simcore.engine import Engine, client_times
 from simcore.hashing import TokenSeq
 from simcore.metrics import RequestRecord
 from simcore.router import RouteRequest, make_router
@@ -130,6 +130,7 @@ class Cluster:
         for rec in self.records:
             if rec.status == "pending":
                 raise RuntimeError(f"request {rec.request_id} never finished: engine bug")
+        client_times(self.records, self.cfg)
 
     # ---- fast mode across replicas ------------------------------------------------------------
     def _note(self, t: float) -> None:

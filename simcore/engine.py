@@ -5,6 +5,16 @@ seen by the next step's schedule. The engine enforces it by letting every event 
 current time run before it schedules: its own events are :class:`Late` (SimPy runs events due at
 one time by priority, and these come after every ordinary event), so when the loop resumes,
 everything else due then has run, however many engines share the environment.
+
+Front-end latency (``engine.cost.frontend_latency_s``, d): the API server's path outside the
+engine (HTTP, tokenising, the hop to the engine core and the first token's way back). Every
+request pays the same d, which is the same as the request reaching the engine d after it was
+sent: the engine's dynamics do not change, every client-visible time moves by d. So the engine
+runs on arrival times, a client's completion event fires d later (before its think time), and
+:meth:`Engine.run` adds d to every first-token and finish time at the end. The first token's
+streaming lag (``first_token_lag_steps``, k) is client-side too: the client sees its first
+text k of the request's own mean decode steps after the engine produced it (never after the
+finish), which moves TTFT only.
 """
 
 from __future__ import annotations
@@ -110,6 +120,7 @@ class Engine:
         self._max_requests = run.num_requests if run.num_requests is not None else math.inf
         self._stop_s = run.duration_s if run.duration_s is not None else math.inf
         self._warmup_s = run.warmup_s
+        self._frontend_s = e.cost.frontend_latency_s
         # a request of at most this many tokens (prompt + output) always fits: context and cache
         self._fits_tokens = min(cfg.model.max_context, (self.pool.usable_blocks * e.block_size) + 1)
         self.env.process(self._loop())
@@ -136,7 +147,7 @@ class Engine:
         req.record.replica = self.replica
         self.records.append(req.record)
         req.done = Completion(self.env)
-        req.then_wait_s = then_wait_s
+        req.then_wait_s = then_wait_s + self._frontend_s
         self.counters.events += 1
         reason = self._never_fits(req)
         if reason:
@@ -148,7 +159,7 @@ class Engine:
         self.outstanding_requests += 1
         self.outstanding_tokens += prompt
         if self._note is not None:
-            heapq.heappush(self._waits, (then_wait_s, req.rid, req))
+            heapq.heappush(self._waits, (req.then_wait_s, req.rid, req))
         self.scheduler.add(req)
         if self._wake is not None:
             self._wake.succeed()
@@ -229,7 +240,25 @@ class Engine:
         for rec in self.records:
             if rec.status == "pending":
                 raise RuntimeError(f"request {rec.request_id} never finished: engine bug")
+        client_times(self.records, self.cfg)
 
     def collect(self) -> None:
         """Copy the pool's own tallies into the counters (once the run is over)."""
         self.counters.evictions = self.pool.evictions
+
+
+def client_times(records: Sequence[RequestRecord], cfg: SimConfig) -> None:
+    """Move first-token and finish times to what the client sees (see the module notes), once
+    the run is over."""
+    d = cfg.engine.cost.frontend_latency_s
+    k = cfg.engine.cost.first_token_lag_steps
+    if not d and not k:
+        return
+    for rec in records:
+        if rec.status != "completed":
+            continue
+        if k and rec.output_tokens > 1:
+            step = (rec.finish_s - rec.first_token_s) / (rec.output_tokens - 1)
+            rec.first_token_s = min(rec.first_token_s + k * step, rec.finish_s)
+        rec.first_token_s += d
+        rec.finish_s += d
