@@ -95,9 +95,11 @@ class Cluster:
             load_weight=c.load_weight,
         )
         self.views: Sequence[Any] = self.engines
-        if self.router is not None and self.router.uses_cache and c.snapshot_interval_s is not None:
+        cache_router = self.router is not None and self.router.uses_cache
+        self._snapshot_s = c.snapshot_interval_s if cache_router else None
+        self._snapshotting = False
+        if self._snapshot_s is not None:
             self.views = [SnapshotView(e) for e in self.engines]
-            self.env.process(self._snapshots(c.snapshot_interval_s))
 
     # ---- what workloads use (the interface of an Engine) ----------------------------------
     def may_submit(self) -> bool:
@@ -117,6 +119,11 @@ class Cluster:
         """Route the request, then submit it to the chosen engine (see :meth:`Engine.submit`)."""
         i = 0
         if self.router is not None:
+            if self._snapshot_s is not None and not self._snapshotting:
+                for v in self.views:  # quiescent until now: this is the state at the last multiple
+                    v.refresh()
+                self._snapshotting = True
+                self.env.process(self._snapshots(self._snapshot_s))
             full = prompt // self.block_size
             hashes = seq.ensure_hashes(prompt)[:full]
             i = self.router.route(RouteRequest(session_id, hashes, prompt), self.views)
@@ -157,11 +164,25 @@ class Cluster:
         return horizon
 
     def _snapshots(self, interval: float) -> Generator[Any, Any, None]:
-        """Refresh every view's cache snapshot at 0, interval, 2 x interval, ... while arrivals go on."""
-        views: list[SnapshotView] = self.views  # type: ignore[assignment]
-        while self.may_submit():
-            for v in views:
-                v.refresh()
+        """Refresh every view's cache snapshot at each multiple of ``interval`` while something
+        is still to happen (a workload event ahead, or work in an engine). Once nothing is,
+        the cluster is quiescent and :meth:`submit` restarts the refreshes: the state it then
+        snapshots is the state at the last multiple, since nothing has changed."""
+        env = self.env
+        k = math.floor(env.now / interval)
+        while True:
+            k += 1
+            while k * interval <= env.now:  # (floor of a rounded quotient may lag a step)
+                k += 1
+            grid = k * interval
             self.events += 1
-            self._note(self.env.now + interval)
-            yield self.env.timeout(interval)
+            self._note(grid)
+            yield env.timeout(grid - env.now)
+            for v in self.views:
+                v.refresh()
+            pending = self._pending
+            while pending and pending[0] <= env.now:  # past, or due now (its own note among them)
+                heapq.heappop(pending)
+            if not (pending or any(e.outstanding_requests for e in self.engines)):
+                self._snapshotting = False
+                return
