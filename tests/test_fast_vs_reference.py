@@ -88,3 +88,65 @@ def test_fast_leaves_the_pool_block_for_block_as_reference(name, impl, monkeypat
     assert fast.evictions == ref.evictions
     queued = ref.free_queue()[-500:]
     assert [fast.hash_of(b) for b in queued] == [ref.hash_of(b) for b in queued]
+
+
+CLUSTER_CASES = {
+    "rr-chat": {"model": "Llama-3.1-8B", "gpu": "H100-SXM-80GB", "engine": {"block_size": 16},
+                "workload": {"kind": "chat", "users": 48, "turns": {"kind": "geometric", "mean": 3},
+                             "think_time_s": {"kind": "exponential", "mean": 2.0}},
+                "run": {"num_requests": 500}, "cluster": {"replicas": 3, "router": "round_robin"}},
+    "prefix-pressure": {"engine": {"block_size": 16, "kv_budget_gib": 0.1},
+                        "workload": {"kind": "chat", "users": 40, "turns": 3, "output_tokens": 300,
+                                     "think_time_s": {"kind": "exponential", "mean": 1.0}},
+                        "run": {"num_requests": 300}, "cluster": {"replicas": 3, "router": "prefix_aware"}},
+    "session-tokens-poisson": {"workload": {"kind": "poisson", "session_rate": 6.0, "turns": 3,
+                                            "think_time_s": 0.5},
+                               "run": {"num_requests": 300},
+                               "cluster": {"replicas": 2, "router": "session_affinity",
+                                           "load_metric": "tokens"}},
+    "prefix-snapshot": {"workload": {"kind": "chat", "users": 40, "turns": 3,
+                                     "think_time_s": {"kind": "exponential", "mean": 1.0}},
+                        "run": {"num_requests": 300},
+                        "cluster": {"replicas": 4, "router": "prefix_aware", "snapshot_interval_s": 0.5}},
+    "random-mix": {"workload": {"kind": "mix", "users": 30, "profiles": [
+        {"weight": 3, "turns": 4, "think_time_s": 1.0},
+        {"weight": 1, "sessionless": True, "user_tokens": 800, "system_prompts": 2}]},
+        "run": {"num_requests": 300}, "cluster": {"replicas": 3, "router": "random"}},
+    "least-think0": {"engine": {"block_size": 8, "max_num_seqs": 8},
+                     "workload": {"kind": "chat", "users": 24, "turns": 2},
+                     "run": {"num_requests": 200}, "cluster": {"replicas": 2, "router": "least_loaded"}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLUSTER_CASES))
+def test_cluster_fast_matches_reference(name):
+    """Clusters: the same routing (each request's replica), per-request times and cache figures,
+    and every replica's block pool, block id for block id."""
+    from simcore.cluster import Cluster
+    from simcore.costmodel import kv_capacity_blocks
+    from simcore.workload import Workload
+
+    out = {}
+    for mode in ("reference", "fast"):
+        case = dict(CLUSTER_CASES[name])
+        case["run"] = {**case["run"], "mode": mode, "record_requests": True}
+        cfg = small_cfg(**case)
+        cluster = Cluster(cfg, kv_capacity_blocks(cfg)[0])
+        Workload(cfg).start(cluster)
+        cluster.run()
+        out[mode] = cluster
+    ref, fast = out["reference"], out["fast"]
+    assert len(ref.records) == len(fast.records) == CLUSTER_CASES[name]["run"]["num_requests"]
+    for a, b in zip(ref.records, fast.records, strict=True):
+        assert (a.replica, a.cached_tokens, a.preemptions, a.status) == (b.replica, b.cached_tokens,
+                                                                         b.preemptions, b.status), (a, b)
+        for key in ("arrival_s", "admitted_s", "first_token_s", "finish_s"):
+            assert abs(getattr(a, key) - getattr(b, key)) <= 1e-6, (key, a, b)
+    assert len({r.replica for r in ref.records}) == len(ref.engines)  # every replica served some
+    for e_ref, e_fast in zip(ref.engines, fast.engines, strict=True):
+        assert e_fast.pool.free_queue() == e_ref.pool.free_queue()
+        assert e_fast.pool.evictions == e_ref.pool.evictions
+        assert e_fast.counters.steps == e_ref.counters.steps
+        assert e_fast.counters.preemptions == e_ref.counters.preemptions
+    if name == "prefix-pressure":
+        assert sum(e.counters.preemptions for e in ref.engines) > 0
