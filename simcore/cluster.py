@@ -15,9 +15,9 @@ what matters is only when a router can act: at a workload event (an arrival, a c
 completion, a snapshot), all of which the cluster records as they are scheduled (``note``), or
 at a completion another engine has not computed yet. An engine B cannot complete anything
 before its loop runs again plus the least client wait among its outstanding requests
-(:meth:`Engine.lookahead`), so::
+(:attr:`Engine.lookahead`), so::
 
-    horizon(A) = min(next workload event, min over B != A of B.lookahead())
+    horizon(A) = min(next workload event, min over B != A of B.lookahead)
 
 (the lookahead of conservative parallel discrete-event simulation). No router acts before it,
 so every engine's state is exact whenever a router reads it, in fast and reference mode alike.
@@ -60,7 +60,7 @@ class SnapshotView:
         return self.engine.outstanding_tokens
 
     def refresh(self) -> None:
-        self._held = self.engine.pool.cached_hashes()
+        self._held = self.engine.cached_hashes()
 
     def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
         held = self._held
@@ -149,16 +149,18 @@ class Cluster:
         pending = self._pending
         env = self.env
 
+        others: list[Engine] = []
+
         def horizon() -> float:
+            if not others:
+                others.extend(e for j, e in enumerate(self.engines) if j != i)
             now = env.now
             while pending and pending[0] <= now:  # every event due by now has run (settled)
                 heapq.heappop(pending)
             h = pending[0] if pending else math.inf
-            for j, e in enumerate(self.engines):
-                if j != i:
-                    la = e.lookahead()
-                    if la < h:
-                        h = la
+            for e in others:
+                if e.lookahead < h:
+                    h = e.lookahead
             return h
 
         return horizon
@@ -183,6 +185,6 @@ class Cluster:
             pending = self._pending
             while pending and pending[0] <= env.now:  # past, or due now (its own note among them)
                 heapq.heappop(pending)
-            if not (pending or any(e.outstanding_requests for e in self.engines)):
+            if not (pending or any(e._outstanding_requests for e in self.engines)):
                 self._snapshotting = False
                 return

@@ -82,6 +82,11 @@ class Engine:
     ``outstanding_requests`` / ``outstanding_tokens``: requests submitted here that have not
     finished, and their prompt tokens (what a router may ask; they change with the engine's
     state, at the start of the step that finishes a request, in both scheduler modes).
+
+    In a cluster, fast mode plans decode windows instead of running them (``fastforward.py``);
+    whatever asks the engine for state a planned window changes, or sends it a request, first
+    runs the window up to that moment (:meth:`_cut`), so every answer is the one the reference
+    mode gives.
     """
 
     def __init__(
@@ -96,11 +101,13 @@ class Engine:
         self.replica = replica
         self._horizon = horizon if horizon is not None else self.env.peek
         self._note = note
-        self.outstanding_requests = 0
-        self.outstanding_tokens = 0
+        self._outstanding_requests = 0
+        self._outstanding_tokens = 0
         # (client wait, request) of outstanding requests, for the cluster's lookahead (lazy heap)
         self._waits: list[tuple[float, int, Request]] = []
         self.next_start = 0.0  # when the loop runs next (inf while idle)
+        self.lookahead = math.inf  # see _next
+        self._was_cut = False
         self.counters = Counters()
         e = cfg.engine
         caching = e.prefix_caching != "off"
@@ -114,6 +121,8 @@ class Engine:
             self.kv, CostModel(cfg), self.counters,
             max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,
         )
+        if isinstance(self.scheduler, FastScheduler) and note is not None:  # a replica of a cluster
+            self.scheduler.tentative = True
         self.records: list[RequestRecord] = records if records is not None else []
         self._wake: simpy.Event | None = None
         run = cfg.run
@@ -123,7 +132,7 @@ class Engine:
         self._frontend_s = e.cost.frontend_latency_s
         # a request of at most this many tokens (prompt + output) always fits: context and cache
         self._fits_tokens = min(cfg.model.max_context, (self.pool.usable_blocks * e.block_size) + 1)
-        self.env.process(self._loop())
+        self._proc = self.env.process(self._loop())
 
     # ---- used by workloads -----------------------------------------------------------------
     def may_submit(self) -> bool:
@@ -156,10 +165,14 @@ class Engine:
             req.record.finish_s = now
             req.done.succeed(False)
             return req.done
-        self.outstanding_requests += 1
-        self.outstanding_tokens += prompt
+        if self.scheduler.plan is not None:
+            self._cut()
+        self._outstanding_requests += 1
+        self._outstanding_tokens += prompt
         if self._note is not None:
             heapq.heappush(self._waits, (req.then_wait_s, req.rid, req))
+            # an idle loop (next_start inf) runs again now, woken by this request
+            self.lookahead = min(self.lookahead, min(self.next_start, now) + req.then_wait_s)
         self.scheduler.add(req)
         if self._wake is not None:
             self._wake.succeed()
@@ -193,10 +206,10 @@ class Engine:
             if not sched.has_work():
                 self._wake = env.event()
                 self.counters.events += 1
-                self.next_start = math.inf
+                self._next(math.inf)
                 yield self._wake
                 # a submission woke the loop: let everything else due now run before the schedule
-                self.next_start = env.now
+                self._next(env.now)
                 self.counters.events += 1
                 yield Late(env, 0.0)
                 continue
@@ -205,8 +218,25 @@ class Engine:
             if finished:
                 self._finished(now, finished)
             self.counters.events += 1
-            self.next_start = end
+            if sched.plan is None:
+                self._next(end)
+                yield Late(env, end - now)
+                continue
+            # a planned window runs when it ends, unless a router needs it sooner (_cut)
+            end = sched.plan[2]
+            self._next(end)
+            self._was_cut = False
             yield Late(env, end - now)
+            if self._was_cut:
+                continue
+            assert isinstance(sched, FastScheduler)  # only it plans windows
+            end, finished = sched.run_plan(math.inf)
+            if finished:
+                self._finished(end, finished)
+                if any(req.then_wait_s == 0 for req in finished):
+                    # a completion due now (no client wait) runs before the next schedule
+                    self.counters.events += 1
+                    yield Late(env, 0.0)
 
     def _finished(self, now: float, finished: Sequence[Request]) -> None:
         """Schedule the completion events of requests the last advance finished."""
@@ -216,23 +246,71 @@ class Engine:
             req.done.fire_after(delay, True)
             if note is not None:
                 note(now + delay)
-            self.outstanding_tokens -= req.prompt_len
-        self.outstanding_requests -= len(finished)
+            self._outstanding_tokens -= req.prompt_len
+        self._outstanding_requests -= len(finished)
 
-    def lookahead(self) -> float:
-        """The earliest time a request outstanding here could complete (its completion event,
-        when its client may submit again): no sooner than the loop's next run plus the least
-        client wait among them; inf with nothing outstanding. (Requests submitted later arrive
-        with events the cluster already waits for.)"""
+    def _cut(self) -> None:
+        """Run the planned window's steps that started before now (a router needs this engine
+        now); the loop resumes where the last of them ends."""
+        now = self.env.now
+        sched = self.scheduler
+        assert isinstance(sched, FastScheduler)  # only it plans windows
+        end, finished = sched.run_plan(now)
+        if finished:
+            self._finished(now, finished)
+        self._next(end)
+        self._was_cut = True
+        # the loop waits for the plan's end: make it wake at ``end`` instead (what SimPy's
+        # interrupt does inside, without raising an exception in the loop)
+        proc = self._proc
+        proc.target.callbacks.remove(proc._resume)
+        wake = Late(self.env, end - now)
+        wake.callbacks.append(proc._resume)
+        proc._target = wake
+        self.counters.events += 1
+
+    def _sync_load(self) -> None:
+        """Before a router reads the load: a planned window's last step may finish requests,
+        and then it counts once that step has started."""
+        sched = self.scheduler
+        if sched.plan is not None:
+            assert isinstance(sched, FastScheduler)  # only it plans windows
+            if self.env.now > sched.plan_last_start():
+                self._cut()
+
+    @property
+    def outstanding_requests(self) -> int:
+        self._sync_load()
+        return self._outstanding_requests
+
+    @property
+    def outstanding_tokens(self) -> int:
+        self._sync_load()
+        return self._outstanding_tokens
+    def _next(self, start: float) -> None:
+        """The loop runs next at ``start``; update :attr:`lookahead`: the earliest time a request
+        outstanding here could complete (its completion event, when its client may submit
+        again), no sooner than then plus the least client wait among them; inf with nothing
+        outstanding. (Requests submitted later arrive with events the cluster waits for; a
+        request that finishes leaves a lower bound until the next update.)"""
+        self.next_start = start
         waits = self._waits
         while waits and waits[0][2].record.status != "pending":
             heapq.heappop(waits)
-        return self.next_start + waits[0][0] if waits else math.inf
+        self.lookahead = start + waits[0][0] if waits else math.inf
 
     # ---- a router's questions (read-only) ------------------------------------------------------
     def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
         """Tokens of the longest leading run of ``hashes`` held here (whole blocks)."""
+        if self.scheduler.plan is not None:
+            self._cut()
         return self.kv.cached_prefix_tokens(hashes)
+
+    def cached_hashes(self) -> frozenset[int]:
+        """Every hash held here now (a router's snapshot)."""
+        if self.scheduler.plan is not None:
+            self._cut()
+        return self.pool.cached_hashes()
 
     def run(self) -> None:
         self.env.run()

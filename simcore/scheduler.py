@@ -46,6 +46,7 @@ class Scheduler:
         self.running: dict[int, Request] = {}  # admit_seq -> request, in admission order
         self.waiting: deque[Request] = deque()
         self._admissions = 0
+        self.plan: tuple[float, int, float] | None = None  # never set here (see fastforward.py)
 
     def has_work(self) -> bool:
         return bool(self.running or self.waiting)
