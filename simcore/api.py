@@ -12,7 +12,7 @@ from typing import Any
 
 from simcore.cluster import Cluster
 from simcore.config import SimConfig
-from simcore.costmodel import kv_capacity_blocks
+from simcore.costmodel import cpu_tier_blocks, kv_capacity_blocks
 from simcore.metrics import empty_summary, merge_counters, summarize
 from simcore.workload import Workload
 
@@ -49,6 +49,7 @@ def simulate(cfg: SimConfig, wall_limit_s: float | None = None) -> RunResult:
         warmup_s=cfg.run.warmup_s,
         wall_s=time.perf_counter() - t0,
         replica_counters=parts,
+        cpu_capacity_blocks=cpu_tier_blocks(cfg) if cfg.engine.prefix_caching != "off" else 0,
     )
     rows = [r.as_row() for r in cluster.records] if cfg.run.record_requests else None
     return RunResult("ok", summary, requests=rows)

@@ -44,12 +44,13 @@ class SnapshotView:
     (``cluster.snapshot_interval_s``); load figures stay exact (the router counts its own
     requests, as llm-d's active-request scorer does)."""
 
-    __slots__ = ("engine", "block_size", "_held")
+    __slots__ = ("engine", "block_size", "_gpu", "_cpu")
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.block_size = engine.kv.block_size
-        self._held: frozenset[int] = frozenset()
+        self._gpu: frozenset[int] = frozenset()
+        self._cpu: frozenset[int] = frozenset()
 
     @property
     def outstanding_requests(self) -> int:
@@ -60,15 +61,15 @@ class SnapshotView:
         return self.engine.outstanding_tokens
 
     def refresh(self) -> None:
-        self._held = self.engine.cached_hashes()
+        self._gpu, self._cpu = self.engine.held_hashes()
 
     def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
-        held = self._held
+        """As :meth:`Engine.cached_prefix_tokens` (GPU run, then its continuation in the CPU
+        tier), on the snapshot."""
         n = 0
-        for h in hashes:
-            if h not in held:
-                break
-            n += 1
+        for held in (self._gpu, self._cpu):
+            while n < len(hashes) and hashes[n] in held:
+                n += 1
         return n * self.block_size
 
 

@@ -15,6 +15,12 @@ runs on arrival times, a client's completion event fires d later (before its thi
 streaming lag (``first_token_lag_steps``, k) is client-side too: the client sees its first
 text k of the request's own mean decode steps after the engine produced it (never after the
 finish), which moves TTFT only.
+
+CPU tier (``engine.cpu_offload_gib``, ``simcore/tiers.py``): blocks the GPU pool evicts are kept
+in CPU memory. A request whose cached prefix continues there leaves the queue to wait for its
+copies (``kvcache.LOADING``); they cross the replica's host link one copy at a time at
+``gpu.host_bandwidth`` (``costmodel.host_load_seconds``), and when they land the request goes
+back to the head of the queue with those tokens computed. Only that request waits.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Generator, Sequence
+from functools import partial
 from typing import Any
 
 import simpy
@@ -30,13 +37,14 @@ from simpy.events import EventPriority
 
 from simcore.blocks import BlockPool, native_pool_class
 from simcore.config import SimConfig
-from simcore.costmodel import CostModel
+from simcore.costmodel import CostModel, cpu_tier_blocks, host_load_seconds
 from simcore.fastforward import FastScheduler
 from simcore.hashing import TokenSeq
 from simcore.kvcache import KVCacheManager, blocks_for
 from simcore.metrics import Counters, RequestRecord
 from simcore.request import Request
 from simcore.scheduler import Scheduler
+from simcore.tiers import CpuTier
 
 LATE = EventPriority(2)  # after SimPy's NORMAL (1): an engine's own events run after all others due then
 
@@ -115,7 +123,9 @@ class Engine:
         # the reference mode keeps the pure-Python pool; fast mode takes the compiled one if built
         pool_cls = (native_pool_class() or BlockPool) if fast else BlockPool
         self.pool = pool_cls(num_blocks, enable_caching=caching)
-        self.kv = KVCacheManager(self.pool, e.block_size, caching, hinted_lookup=fast)
+        blocks = cpu_tier_blocks(cfg) if caching else 0
+        self.cpu = CpuTier(blocks) if blocks else None
+        self.kv = KVCacheManager(self.pool, e.block_size, caching, hinted_lookup=fast, cpu=self.cpu)
         cls = FastScheduler if fast else Scheduler
         self.scheduler: Scheduler = cls(
             self.kv, CostModel(cfg), self.counters,
@@ -123,6 +133,9 @@ class Engine:
         )
         if isinstance(self.scheduler, FastScheduler) and note is not None:  # a replica of a cluster
             self.scheduler.tentative = True
+        self.scheduler.load_time = self._load_time
+        self._link_free = 0.0  # when the host link finishes the copies queued on it
+        self._loads_at: list[float] = []  # when the CPU tier copies under way land (a min-heap)
         self.records: list[RequestRecord] = records if records is not None else []
         self._wake: simpy.Event | None = None
         run = cfg.run
@@ -214,9 +227,23 @@ class Engine:
                 yield Late(env, 0.0)
                 continue
             now = env.now
-            end, finished = sched.advance(now, self._horizon())
+            horizon = self._horizon()
+            if self._loads_at and self._loads_at[0] < horizon:
+                horizon = self._loads_at[0]
+            end, finished = sched.advance(now, horizon)
             if finished:
                 self._finished(now, finished)
+            if sched.loads:
+                self._start_loads(now)
+            if end == now:  # no step: what could run waits for CPU tier copies; a landing wakes us
+                self._wake = env.event()
+                self.counters.events += 1
+                self._next(math.inf)
+                yield self._wake
+                self._next(env.now)
+                self.counters.events += 1
+                yield Late(env, 0.0)
+                continue
             self.counters.events += 1
             if sched.plan is None:
                 self._next(end)
@@ -248,6 +275,34 @@ class Engine:
                 note(now + delay)
             self._outstanding_tokens -= req.prompt_len
         self._outstanding_requests -= len(finished)
+
+    # ---- the CPU tier --------------------------------------------------------------------------
+    def _load_time(self, now: float, blocks: int) -> float:
+        """When ``blocks`` blocks copied from the CPU tier, queued now on the host link, land
+        (copies take the link one at a time, first come first served)."""
+        start = self._link_free if self._link_free > now else now
+        self._link_free = start + host_load_seconds(self.cfg, blocks)
+        return self._link_free
+
+    def _start_loads(self, now: float) -> None:
+        """Time the copies the last advance started: each request comes back when its lands."""
+        sched = self.scheduler
+        for req, ready in sched.loads:
+            self.counters.cpu_loaded_blocks += req.loading
+            self.counters.events += 1
+            heapq.heappush(self._loads_at, ready)
+            ev = self.env.timeout(ready - now)
+            ev.callbacks.append(partial(self._landed, req))
+        sched.loads.clear()
+
+    def _landed(self, req: Request, _: simpy.Event) -> None:
+        heapq.heappop(self._loads_at)  # the earliest: copies land in the order they were queued
+        if self.scheduler.plan is not None:
+            self._cut()
+        self.scheduler.loaded(req)
+        if self._wake is not None:
+            self._wake.succeed()
+            self._wake = None
 
     def _cut(self) -> None:
         """Run the planned window's steps that started before now (a router needs this engine
@@ -294,6 +349,8 @@ class Engine:
         outstanding. (Requests submitted later arrive with events the cluster waits for; a
         request that finishes leaves a lower bound until the next update.)"""
         self.next_start = start
+        if self._loads_at and self._loads_at[0] < start:  # a landing copy may wake the loop then
+            start = self._loads_at[0]
         waits = self._waits
         while waits and waits[0][2].record.status != "pending":
             heapq.heappop(waits)
@@ -306,11 +363,14 @@ class Engine:
             self._cut()
         return self.kv.cached_prefix_tokens(hashes)
 
-    def cached_hashes(self) -> frozenset[int]:
-        """Every hash held here now (a router's snapshot)."""
+    def held_hashes(self) -> tuple[frozenset[int], frozenset[int]]:
+        """Every hash held here now, in GPU memory and in the CPU tier (a router's snapshot)."""
         if self.scheduler.plan is not None:
             self._cut()
-        return self.pool.cached_hashes()
+        if self.cpu is None:
+            return self.pool.cached_hashes(), frozenset()
+        self.kv._drain()
+        return self.pool.cached_hashes(), self.cpu.cached_hashes()
 
     def run(self) -> None:
         self.env.run()

@@ -156,18 +156,22 @@ class FastScheduler(Scheduler):
         paths per call, so the loop's wall-clock check still runs."""
         end, finished = self._advance_once(now, horizon)
         new = finished
+        start = now  # the last path's start
         n = 1
         while True:
             for req in new:  # the completion's time exactly as SimPy will compute it
                 horizon = min(horizon, now + req.completion_delay(now))
-            if self.plan is not None or not self.has_work():
+            for _, ready in self.loads:  # a CPU tier copy that lands brings its request back
+                horizon = min(horizon, ready)
+            if self.plan is not None or not self.has_work() or end == start:  # (no step: in_flight)
                 return end, finished
             if end >= horizon or n == CHAIN:
                 if self.tentative and self._window_next() and self.pool.num_free() >= len(self.group):
                     # a plan changes nothing until it runs, and a cut before its start drops it
                     self._window(end, horizon)
                 return end, finished
-            end, new = self._advance_once(end, horizon)
+            start = end
+            end, new = self._advance_once(start, horizon)
             finished += new
             n += 1
 
@@ -298,6 +302,8 @@ class FastScheduler(Scheduler):
         admitted = self._admit_waiting(now, self.max_num_batched_tokens - demand)
         explicit = chunks + admitted
         if not r and not explicit:
+            if self.in_flight:  # what could run waits for CPU tier copies: no step until one lands
+                return now, []
             raise RuntimeError("engine step with nothing scheduled: a request cannot make progress")
         tokens = r
         attn = self.sum_c0_minus_d0 + r * self.D + r

@@ -25,6 +25,10 @@ CASES = {
     "off-api": {"engine": {"prefix_caching": "off"},
                 "workload": {"kind": "api", "request_rate": 20.0, "system_prompt_tokens": 200},
                 "run": {"num_requests": 300}},
+    "cpu-offload": {"engine": {"block_size": 16, "kv_budget_gib": 0.05, "cpu_offload_gib": 0.1},
+                    "workload": {"kind": "chat", "users": 30, "turns": 4,
+                                 "think_time_s": {"kind": "exponential", "mean": 2.0}},
+                    "run": {"num_requests": 300}},
     "mix": {"workload": {"kind": "mix", "users": 30, "profiles": [
         {"weight": 3, "turns": 4, "think_time_s": 1.0},
         {"weight": 1, "sessionless": True, "user_tokens": 800, "system_prompts": 2}]},
@@ -56,7 +60,7 @@ def test_fast_matches_reference(name):
 
 
 @pytest.mark.parametrize("impl", ["native", "pure"])
-@pytest.mark.parametrize("name", ["standard-chat", "memory-pressure", "mix", "tp2-session"])
+@pytest.mark.parametrize("name", ["standard-chat", "memory-pressure", "mix", "tp2-session", "cpu-offload"])
 def test_fast_leaves_the_pool_block_for_block_as_reference(name, impl, monkeypatch):
     """Beyond the metrics: both modes end with the same free queue, block id for block id, and
     the same hash -> block map (so the fast path hands out and evicts exactly the same blocks).
@@ -72,6 +76,7 @@ def test_fast_leaves_the_pool_block_for_block_as_reference(name, impl, monkeypat
     elif native.NATIVE is None:
         pytest.skip("compiled module not built")
     pools = {}
+    tiers = {}
     for mode in ("reference", "fast"):
         case = dict(CASES[name])
         case["run"] = {**case["run"], "mode": mode}
@@ -80,6 +85,8 @@ def test_fast_leaves_the_pool_block_for_block_as_reference(name, impl, monkeypat
         Workload(cfg).start(engine)
         engine.run()
         pools[mode] = engine.pool
+        tiers[mode] = engine.cpu.lru_order() if engine.cpu is not None else None
+    assert tiers["reference"] == tiers["fast"]
     ref, fast = pools["reference"], pools["fast"]
     assert type(ref).__name__ == "BlockPool"
     assert type(fast).__name__ == ("BlockPool" if impl == "pure" else "CBlockPool")
@@ -104,6 +111,10 @@ CLUSTER_CASES = {
                                "run": {"num_requests": 300},
                                "cluster": {"replicas": 2, "router": "session_affinity",
                                            "load_metric": "tokens"}},
+    "offload-affinity": {"engine": {"block_size": 16, "kv_budget_gib": 0.05, "cpu_offload_gib": 0.1},
+                         "workload": {"kind": "chat", "users": 40, "turns": 4,
+                                      "think_time_s": {"kind": "exponential", "mean": 2.0}},
+                         "run": {"num_requests": 300}, "cluster": {"replicas": 2, "router": "prefix_aware"}},
     "prefix-snapshot": {"workload": {"kind": "chat", "users": 40, "turns": 3,
                                      "think_time_s": {"kind": "exponential", "mean": 1.0}},
                         "run": {"num_requests": 300},

@@ -146,3 +146,106 @@ def test_tiers_conserve_blocks_and_cpu_keeps_the_latest_evictions(Pool, operatio
         pool.check_invariants()
         assert pool.num_used() + pool.num_free() == gpu_blocks - 1
         assert tier.num_used() + tier.num_free() == cpu_blocks
+
+
+# ---- the CPU tier in the engine ---------------------------------------------------------------
+def tier_cfg(host_bandwidth: float = 25e9, cpu_blocks: int = 16, mode: str = "fast", **over: object):
+    from tests.simhelpers import small_cfg
+
+    # Llama-3.2-1B: 32,768 KV bytes per token, so a 4-token block is 128 KiB
+    return small_cfg(gpu={"name": "A100-40GB", "host_bandwidth": host_bandwidth},
+                     engine={"block_size": 4, "cpu_offload_gib": cpu_blocks * 4 * 32768 / 2**30},
+                     run={"num_requests": 10, "mode": mode}, **over)
+
+
+def offload_script():
+    from tests.simhelpers import Scripted
+
+    # 16 usable GPU blocks. A computes a 32-token prompt (8 blocks); C needs 16 blocks and evicts
+    # all of A's, which go to the CPU tier; B starts with A's prompt: its 8 blocks are found in
+    # CPU memory and copied back before B computes its last 8 prompt tokens.
+    return [
+        Scripted(0.0, [(1, 32)], 2),
+        Scripted(1.0, [(2, 60)], 2),
+        Scripted(2.0, [(1, 32), (3, 8)], 2),
+    ]
+
+
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_a_cpu_hit_is_copied_back_and_the_copy_costs_time(mode):
+    from simcore.costmodel import cpu_tier_blocks
+    from tests.simhelpers import run_script
+
+    assert cpu_tier_blocks(tier_cfg()) == 16
+    ttft = {}
+    for bw in (25e9, 1e9):
+        res = run_script(tier_cfg(bw, mode=mode), 17, offload_script())
+        a, c, b = res.records
+        assert (a.cached_tokens, c.cached_tokens) == (0, 0)
+        assert (b.cached_tokens, b.cpu_cached_tokens) == (32, 32)  # all from the CPU tier
+        assert b.admitted_s == 2.0  # admitted when its copy starts
+        assert res.engine.counters.cpu_loaded_blocks == 8
+        assert res.engine.cpu is not None and res.engine.cpu.hit_blocks == 8
+        ttft[bw] = b.first_token_s - b.arrival_s
+    # the copy of 8 blocks of 128 KiB delays B's first token by exactly its transfer time
+    copy = 8 * 4 * 32768
+    assert ttft[1e9] - ttft[25e9] == pytest.approx(copy / 1e9 - copy / 25e9, rel=1e-9)
+
+
+def test_without_a_cpu_tier_b_recomputes():
+    from tests.simhelpers import run_script
+
+    res = run_script(tier_cfg(cpu_blocks=0), 17, offload_script())
+    assert [r.cached_tokens for r in res.records] == [0, 0, 0]
+    assert res.engine.cpu is None
+
+
+def test_a_cpu_tier_too_small_keeps_only_the_last_evicted():
+    from tests.simhelpers import run_script
+
+    # 3 CPU blocks: of A's chain, evicted tail first, the tier keeps the last three evicted:
+    # its first three blocks, so B finds those 3 (12 tokens)
+    res = run_script(tier_cfg(cpu_blocks=3), 17, offload_script())
+    b = res.records[2]
+    assert (b.cached_tokens, b.cpu_cached_tokens) == (12, 12)
+
+
+def chat_with_offload(gib: float, mode: str = "fast") -> dict:
+    from simcore.api import simulate
+    from tests.simhelpers import small_cfg
+
+    cfg = small_cfg(engine={"block_size": 16, "kv_budget_gib": 0.05, "cpu_offload_gib": gib},
+                    workload={"kind": "chat", "users": 24, "turns": 4,
+                              "think_time_s": {"kind": "exponential", "mean": 4.0}},
+                    run={"num_requests": 400, "mode": mode})
+    return simulate(cfg).summary
+
+
+def test_the_hit_rate_rises_with_the_cpu_tier_and_splits_by_tier():
+    rates = []
+    for gib in (0.0, 0.05, 0.2, 1.0):
+        s = chat_with_offload(gib)
+        assert s["prefix_hit_rate"] == pytest.approx(s["hit_rate_gpu"] + s["hit_rate_cpu"])
+        assert (s["hit_rate_cpu"] == 0) == (gib == 0)
+        rates.append(s["prefix_hit_rate"])
+    assert rates == sorted(rates) and rates[-1] > rates[0] + 0.2, rates
+
+
+def test_blocks_are_conserved_in_both_tiers_after_a_run():
+    from simcore.costmodel import kv_capacity_blocks
+    from simcore.engine import Engine
+    from simcore.workload import Workload
+    from tests.simhelpers import small_cfg
+
+    cfg = small_cfg(engine={"block_size": 16, "kv_budget_gib": 0.05, "cpu_offload_gib": 0.1},
+                    workload={"kind": "chat", "users": 24, "turns": 4}, run={"num_requests": 300})
+    engine = Engine(cfg, kv_capacity_blocks(cfg)[0])
+    Workload(cfg).start(engine)
+    engine.run()
+    engine.pool.check_invariants()
+    assert engine.pool.num_used() == 0  # every request released its blocks
+    assert engine.cpu is not None
+    engine.kv._drain()
+    engine.cpu.check_invariants()
+    assert engine.cpu.num_used() == engine.cpu.capacity_blocks  # full: it stored more than it holds
+    assert engine.cpu.evictions > 0 and engine.counters.cpu_loaded_blocks > 0
