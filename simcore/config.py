@@ -199,10 +199,13 @@ class CostParams(BaseModel):
     )
 
 
-    @field_validator("profile")
+    @model_validator(mode="before")
     @classmethod
-    def _known_profile(cls, value: str) -> str:
-        catalog.load_profile(value)  # raises ValueError naming the known profiles
+    def _known_profile(cls, value: Any) -> Any:
+        # values resolved from a profile carry every field: the profile is then only a label
+        # (a resolved config read back on another machine need not find the profile's file)
+        if isinstance(value, dict) and "profile" in value and not all(f in value for f in COST_FIELDS):
+            catalog.load_profile(value["profile"])  # raises ValueError naming the known profiles
         return value
 
 

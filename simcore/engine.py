@@ -176,10 +176,18 @@ class Engine:
         if not d and not k:
             return
         for rec in self.records:
-            if rec.status != "completed":
-                continue
-            if k and rec.output_tokens > 1:
-                step = (rec.finish_s - rec.first_token_s) / (rec.output_tokens - 1)
-                rec.first_token_s = min(rec.first_token_s + k * step, rec.finish_s)
-            rec.first_token_s += d
-            rec.finish_s += d
+            if rec.status == "completed":
+                rec.first_token_s, rec.finish_s = client_times(
+                    rec.first_token_s, rec.finish_s, rec.output_tokens, d, k
+                )
+
+
+def client_times(first_s: float, finish_s: float, output_tokens: int, frontend_s: float, lag_steps: float
+                 ) -> tuple[float, float]:
+    """(first token, finish) as the client sees them, from the engine's: the first token comes
+    ``lag_steps`` of the request's own mean decode steps later (never after the finish), and
+    both ``frontend_s`` later still."""
+    if lag_steps and output_tokens > 1:
+        step = (finish_s - first_s) / (output_tokens - 1)
+        first_s = min(first_s + lag_steps * step, finish_s)
+    return first_s + frontend_s, finish_s + frontend_s
