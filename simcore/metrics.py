@@ -27,6 +27,7 @@ REQUEST_FIELDS: dict[str, str] = {
     "cached_tokens": "int",
     "output_tokens": "int",
     "prefill_computed_tokens": "int",
+    "recomputed_tokens": "int",
     "preemptions": "int",
     "warmup": "bool",
     "status": "str",
@@ -50,6 +51,7 @@ SUMMARY_FIELDS: dict[str, str] = {
     "prefill_tokens_total": "int",
     "prefill_tokens_computed": "int",
     "prefill_reduction": "float",
+    "recomputed_tokens": "int",
     "preemptions": "int",
     "evictions": "int",
     "kv_capacity_blocks": "int",
@@ -94,7 +96,8 @@ class RequestRecord:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
-    prefill_computed_tokens: int = 0
+    prefill_computed_tokens: int = 0  # prompt tokens computed at first admission (not cache hits)
+    recomputed_tokens: int = 0  # tokens computed again after preemption
     preemptions: int = 0
     warmup: bool = False
     status: str = "pending"
@@ -164,7 +167,8 @@ def summarize(
         "hit_request_share": _ratio(sum(1 for r in measured if r.cached_tokens > 0), len(measured)),
         "prefill_tokens_total": prompt_total,
         "prefill_tokens_computed": computed,
-        "prefill_reduction": _ratio(prompt_total - computed, prompt_total),
+        "prefill_reduction": _ratio(hits, prompt_total),
+        "recomputed_tokens": sum(r.recomputed_tokens for r in measured),
         "preemptions": counters.preemptions,
         "evictions": counters.evictions,
         "kv_capacity_blocks": capacity_blocks,

@@ -231,3 +231,20 @@ def test_a_completion_cannot_be_scheduled_in_the_past():
 
     with pytest.raises(ValueError, match="in the past"):
         Completion(simpy.Environment()).fire_after(-0.5, True)
+
+
+@pytest.mark.parametrize(("caching", "recomputed", "cached"), [("off", 8, 0), ("prefix", 4, 0)])
+def test_recomputation_after_preemption_is_counted_apart_from_prefill(caching, recomputed, cached):
+    """Hand-worked: 5 usable blocks of 4 tokens; A and B (8-token prompts, 8 output tokens)
+    prefill together (2 blocks each, one free). Next step A takes the free block for its 9th
+    token and B, needing one too, is preempted after computing its 8 prompt tokens. B comes
+    back once A finishes. Caching off: B computes its 8 prompt tokens again. Prefix caching:
+    B's two full blocks were freed as cached, A's 4th block evicted the deeper one, so B hits
+    1 block on re-admission and recomputes 4 tokens. Either way B's prefill (its prompt less
+    its first-admission hit) stays 8 tokens and the run's prefill reduction is not negative."""
+    cfg = small_cfg(engine={"block_size": 4, "prefix_caching": caching})
+    script = [Scripted(0.0, [(1, 8)], output=8), Scripted(0.0, [(2, 8)], output=8)]
+    a, b = run_script(cfg, 6, script).records
+    assert (a.preemptions, a.recomputed_tokens, a.prefill_computed_tokens) == (0, 0, 8)
+    assert (b.preemptions, b.recomputed_tokens, b.prefill_computed_tokens) == (1, recomputed, 8)
+    assert b.cached_tokens == cached

@@ -41,18 +41,19 @@ def test_fast_matches_reference(name):
         out[mode] = simulate(small_cfg(**case))
     ref, fast = out["reference"], out["fast"]
     exact = ["num_completed", "num_failed", "prefix_hit_rate", "hit_request_share", "prefill_tokens_computed",
-             "preemptions", "evictions", "kv_peak_blocks", "num_steps"]
+             "recomputed_tokens", "preemptions", "evictions", "kv_peak_blocks", "num_steps"]
     assert {k: ref.summary[k] for k in exact} == {k: fast.summary[k] for k in exact}
     for key in ("ttft_p99_s", "tpot_p50_s", "kv_mean_util", "mean_batch_size"):
         assert fast.summary[key] == pytest.approx(ref.summary[key], rel=1e-9, abs=1e-12)
     assert ref.requests is not None and fast.requests is not None
     for a, b in zip(ref.requests, fast.requests, strict=True):
-        assert (a["cached_tokens"], a["preemptions"], a["status"]) == (
-            b["cached_tokens"], b["preemptions"], b["status"])
+        assert (a["cached_tokens"], a["preemptions"], a["recomputed_tokens"], a["status"]) == (
+            b["cached_tokens"], b["preemptions"], b["recomputed_tokens"], b["status"])
         for key in ("arrival_s", "admitted_s", "first_token_s", "finish_s"):
             assert abs(a[key] - b[key]) <= 1e-6, (key, a, b)
     if name == "memory-pressure":
-        assert ref.summary["preemptions"] > 0
+        assert ref.summary["preemptions"] > 0 and ref.summary["recomputed_tokens"] > 0
+        assert ref.summary["prefill_reduction"] >= 0  # recomputation is not prefill
 
 
 @pytest.mark.parametrize("impl", ["native", "pure"])
