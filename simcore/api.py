@@ -13,6 +13,7 @@ from typing import Any
 from simcore.config import SimConfig
 from simcore.costmodel import kv_capacity_blocks
 from simcore.engine import Engine
+from simcore.feasibility import config_refusal, memory_refusal
 from simcore.metrics import empty_summary, summarize
 from simcore.workload import Workload
 
@@ -32,7 +33,11 @@ def simulate(cfg: SimConfig, wall_limit_s: float | None = None) -> RunResult:
     """Run one simulation. ``wall_limit_s`` bounds its wall-clock time: past it the run raises
     :class:`simcore.engine.SimulationTimeout` (checked every few hundred engine iterations)."""
     t0 = time.perf_counter()
-    num_blocks, reason = kv_capacity_blocks(cfg)
+    reason = config_refusal(cfg)
+    if reason is None:
+        num_blocks, reason = kv_capacity_blocks(cfg)
+    if reason is None:
+        reason = memory_refusal(cfg, num_blocks)
     if reason is not None:
         return RunResult("infeasible", empty_summary(), error=reason)
     engine = Engine(cfg, num_blocks, wall_limit_s)

@@ -109,6 +109,10 @@ class EngineConfig(BaseModel):
     block_size: PositiveInt = 16
     max_num_seqs: PositiveInt = 256
     max_num_batched_tokens: PositiveInt = 8192
+    max_model_len: PositiveInt | None = Field(
+        default=None, description="vLLM's --max-model-len: longest request (prompt + output) served;"
+        " default the model's context. The KV cache must hold one request of this length"
+    )
     prefix_caching: Literal["off", "session", "prefix"] = "prefix"
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     activation_reserve_gib: NonNegativeFloat = Field(default=2.0, description="per GPU, not for KV")
@@ -278,3 +282,9 @@ class SimConfig(BaseModel):
     engine: EngineConfig = EngineConfig()
     workload: Workload = ChatWorkload()
     run: RunConfig = RunConfig()
+
+    @property
+    def max_model_len(self) -> int:
+        """Longest request the server accepts, in tokens (``engine.max_model_len`` or the
+        model's context)."""
+        return self.engine.max_model_len or self.model.max_context

@@ -71,8 +71,8 @@ class Engine:
         self._max_requests = run.num_requests if run.num_requests is not None else math.inf
         self._stop_s = run.duration_s if run.duration_s is not None else math.inf
         self._warmup_s = run.warmup_s
-        # a request of at most this many tokens (prompt + output) always fits: context and cache
-        self._fits_tokens = min(cfg.model.max_context, (self.pool.usable_blocks * e.block_size) + 1)
+        # a request of at most this many tokens (prompt + output) always fits: max_model_len and cache
+        self._fits_tokens = min(cfg.max_model_len, (self.pool.usable_blocks * e.block_size) + 1)
         self.env.process(self._loop())
 
     # ---- used by workloads -----------------------------------------------------------------
@@ -115,9 +115,10 @@ class Engine:
         """Why ``req`` can never run (too long for the context or the whole cache), or ""."""
         if req.prompt_len + req.output_len <= self._fits_tokens:  # the bound both checks imply
             return ""
-        ctx = self.cfg.model.max_context
+        ctx = self.cfg.max_model_len
         if req.prompt_len + req.output_len > ctx:
-            return f"prompt {req.prompt_len} + output {req.output_len} tokens exceed the model context {ctx}"
+            return (f"prompt {req.prompt_len} + output {req.output_len} tokens exceed max_model_len {ctx}"
+                    " (vLLM rejects the request)")
         need = blocks_for(req.max_kv_tokens, self.kv.block_size)
         if need > self.pool.usable_blocks:
             return f"needs {need} KV blocks but the cache holds {int(self.pool.usable_blocks)}"

@@ -12,10 +12,10 @@ CASES = {
                       "workload": {"kind": "chat", "users": 64, "turns": {"kind": "geometric", "mean": 4},
                                    "think_time_s": {"kind": "exponential", "mean": 3.0}},
                       "run": {"num_requests": 800}},
-    "memory-pressure": {"engine": {"block_size": 16, "kv_budget_gib": 0.1},
+    "memory-pressure": {"engine": {"block_size": 16, "kv_budget_gib": 0.1, "max_model_len": 2048},
                         "workload": {"kind": "chat", "users": 40, "turns": 3, "output_tokens": 400},
                         "run": {"num_requests": 300}},
-    "tight-budget": {"engine": {"block_size": 16, "max_num_batched_tokens": 48, "max_num_seqs": 64},
+    "tight-budget": {"engine": {"block_size": 16, "max_num_batched_tokens": 48, "max_num_seqs": 48},
                      "workload": {"kind": "chat", "users": 80, "turns": 2}, "run": {"num_requests": 250}},
     "few-seqs": {"engine": {"block_size": 8, "max_num_seqs": 4},
                  "workload": {"kind": "chat", "users": 12, "turns": 2}, "run": {"num_requests": 120}},
@@ -25,7 +25,7 @@ CASES = {
     "off-api": {"engine": {"prefix_caching": "off"},
                 "workload": {"kind": "api", "request_rate": 20.0, "system_prompt_tokens": 200},
                 "run": {"num_requests": 300}},
-    "mix": {"workload": {"kind": "mix", "users": 30, "profiles": [
+    "mix": {"engine": {"block_size": 8}, "workload": {"kind": "mix", "users": 30, "profiles": [
         {"weight": 3, "turns": 4, "think_time_s": 1.0},
         {"weight": 1, "sessionless": True, "user_tokens": 800, "system_prompts": 2}]},
         "run": {"num_requests": 300}},
