@@ -1,7 +1,8 @@
 """``simulate(cfg) -> RunResult``: the one entry point of a simulation.
 
 Pure: the result depends only on ``cfg`` (wall time and event counts aside). Raises only on
-bugs; a configuration whose model does not fit the GPU is a result with status ``infeasible``.
+bugs; a server vLLM would refuse to start (or whose model does not fit the GPU) is a result with
+status ``infeasible``, and a run that measured no request one with status ``no_data``.
 """
 
 from __future__ import annotations
@@ -14,16 +15,20 @@ from simcore.config import SimConfig
 from simcore.costmodel import kv_capacity_blocks
 from simcore.engine import Engine
 from simcore.feasibility import config_refusal, memory_refusal
-from simcore.metrics import empty_summary, summarize
+from simcore.metrics import empty_summary, no_data_reason, summarize
+from simcore.steady import Setting
 from simcore.workload import Workload
+
+STATUSES = ("ok", "no_data", "infeasible")  # what simulate() returns; a sweep adds "failed"
 
 
 @dataclass
 class RunResult:
     """``summary`` has every key of ``metrics.SUMMARY_FIELDS``; ``requests`` one dict per request
-    (keys of ``metrics.REQUEST_FIELDS``) when ``cfg.run.record_requests``."""
+    (keys of ``metrics.REQUEST_FIELDS``) when ``cfg.run.record_requests``. ``error`` holds the
+    reason of an ``infeasible`` or ``no_data`` run."""
 
-    status: str  # "ok" | "infeasible"
+    status: str  # one of STATUSES
     summary: dict[str, Any]
     error: str | None = None
     requests: list[dict[str, Any]] | None = field(default=None, repr=False)
@@ -46,10 +51,19 @@ def simulate(cfg: SimConfig, wall_limit_s: float | None = None) -> RunResult:
     summary = summarize(
         engine.records,
         engine.counters,
+        Setting.of(cfg),
+        stop_s=engine.stop_s,
+        stop_reason=engine.stop_reason or "workload ended",
+        cache_full_s=engine.scheduler.cache_full_s,
         capacity_blocks=num_blocks - 1,
         block_size=cfg.engine.block_size,
-        warmup_s=cfg.run.warmup_s,
         wall_s=time.perf_counter() - t0,
     )
+    warmup_end = summary["warmup_end_s"]
+    for rec in engine.records:
+        rec.warmup = rec.arrival_s < warmup_end
     rows = [r.as_row() for r in engine.records] if cfg.run.record_requests else None
+    if not summary["num_measured"]:
+        reason = no_data_reason(engine.records, summary, engine.stop_s)
+        return RunResult("no_data", summary, error=reason, requests=rows)
     return RunResult("ok", summary, requests=rows)

@@ -37,7 +37,6 @@ class Request:
         turn: int = 0,
         profile: int = 0,
         arrival_s: float = 0.0,
-        warmup: bool = False,
     ) -> None:
         if prompt_len < 1 or output_len < 1:
             raise ValueError(f"prompt_len={prompt_len}, output_len={output_len}: both must be >= 1")
@@ -52,7 +51,7 @@ class Request:
         self.output_len = output_len
         self.record = RequestRecord(
             request_id=rid, session_id=session_id, turn=turn, profile=profile, arrival_s=arrival_s,
-            prompt_tokens=prompt_len, output_tokens=output_len, warmup=warmup,
+            prompt_tokens=prompt_len, output_tokens=output_len,
         )
         seq.ensure_hashes(prompt_len + output_len - 1)
         self.num_computed = 0

@@ -46,6 +46,9 @@ class Scheduler:
         self.running: dict[int, Request] = {}  # admit_seq -> request, in admission order
         self.waiting: deque[Request] = deque()
         self._admissions = 0
+        # the first admission after the block pool first evicted (it had filled), or None: the
+        # cache's warm-up lasts at least until then (see metrics.py)
+        self.cache_full_s: float | None = None
 
     def has_work(self) -> bool:
         return bool(self.running or self.waiting)
@@ -111,6 +114,8 @@ class Scheduler:
                 req.admitted = True
                 req.record.admitted_s = now
                 req.record.cached_tokens = req.num_computed
+                if self.cache_full_s is None and self.pool.evictions:
+                    self.cache_full_s = now
             out.append((req, n))
             budget -= n
         return out

@@ -25,6 +25,10 @@ CASES = {
     "off-api": {"engine": {"prefix_caching": "off"},
                 "workload": {"kind": "api", "request_rate": 20.0, "system_prompt_tokens": 200},
                 "run": {"num_requests": 300}},
+    # until: steady stops the arrivals at a check: both modes must take it at the same completion
+    "until-steady": {"engine": {"block_size": 16},
+                     "workload": {"kind": "chat", "users": 24, "turns": 3, "think_time_s": 0.5},
+                     "run": {"until": "steady", "steady": {"ci_rel": 0.2}, "num_requests": 20_000}},
     "mix": {"engine": {"block_size": 8}, "workload": {"kind": "mix", "users": 30, "profiles": [
         {"weight": 3, "turns": 4, "think_time_s": 1.0},
         {"weight": 1, "sessionless": True, "user_tokens": 800, "system_prompts": 2}]},
@@ -40,10 +44,13 @@ def test_fast_matches_reference(name):
         case["run"] = {**case["run"], "mode": mode, "record_requests": True}
         out[mode] = simulate(small_cfg(**case))
     ref, fast = out["reference"], out["fast"]
-    exact = ["num_completed", "num_failed", "prefix_hit_rate", "hit_request_share", "prefill_tokens_computed",
-             "recomputed_tokens", "preemptions", "evictions", "kv_peak_blocks", "num_steps"]
+    exact = [
+        "num_requests", "stop_reason", "steady", "num_completed", "num_failed", "prefix_hit_rate",
+        "hit_request_share", "prefill_tokens_computed", "recomputed_tokens", "preemptions", "evictions",
+        "kv_peak_blocks", "num_steps"
+    ]
     assert {k: ref.summary[k] for k in exact} == {k: fast.summary[k] for k in exact}
-    for key in ("ttft_p99_s", "tpot_p50_s", "kv_mean_util", "mean_batch_size"):
+    for key in ("ttft_p99_s", "tpot_p50_s", "kv_mean_util", "mean_batch_size", "warmup_end_s", "measured_s"):
         assert fast.summary[key] == pytest.approx(ref.summary[key], rel=1e-9, abs=1e-12)
     assert ref.requests is not None and fast.requests is not None
     for a, b in zip(ref.requests, fast.requests, strict=True):
@@ -51,6 +58,8 @@ def test_fast_matches_reference(name):
             b["cached_tokens"], b["preemptions"], b["recomputed_tokens"], b["status"])
         for key in ("arrival_s", "admitted_s", "first_token_s", "finish_s"):
             assert abs(a[key] - b[key]) <= 1e-6, (key, a, b)
+    if name == "until-steady":
+        assert ref.summary["stop_reason"] == "steady" and ref.summary["num_requests"] < 20_000
     if name == "memory-pressure":
         assert ref.summary["preemptions"] > 0 and ref.summary["recomputed_tokens"] > 0
         assert ref.summary["prefill_reduction"] >= 0  # recomputation is not prefill
