@@ -7,6 +7,7 @@ status ``infeasible``, and a run that measured no request one with status ``no_d
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from simcore.costmodel import kv_capacity_blocks
 from simcore.engine import Engine
 from simcore.feasibility import config_refusal, memory_refusal
 from simcore.metrics import empty_summary, no_data_reason, summarize
-from simcore.steady import Setting
+from simcore.steady import STEADY_STOPS, Setting
 from simcore.workload import Workload
 
 STATUSES = ("ok", "no_data", "infeasible")  # what simulate() returns; a sweep adds "failed"
@@ -58,6 +59,8 @@ def simulate(cfg: SimConfig, wall_limit_s: float | None = None) -> RunResult:
         capacity_blocks=num_blocks - 1,
         block_size=cfg.engine.block_size,
         wall_s=time.perf_counter() - t0,
+        # a run the steady check stopped reports what the check saw (see steady.py)
+        known_at=engine.stop_s if engine.stop_reason in STEADY_STOPS else math.inf,
     )
     warmup_end = summary["warmup_end_s"]
     for rec in engine.records:

@@ -444,13 +444,14 @@ class SloConfig(BaseModel):
 class RunConfig(BaseModel):
     """How long to run and what to record.
 
-    ``until: limits`` (the default when ``num_requests`` or ``duration_s`` is given): arrivals
-    stop at ``num_requests`` submitted or at ``duration_s``, whichever comes first. ``until:
-    steady`` (the default when neither is given): arrivals stop once the run is steady with every
-    CI of ``steady`` met, or overloaded beyond doubt; ``num_requests`` and ``duration_s`` are then
+    ``until: limits`` (the default when ``num_requests`` or ``duration_s`` is given, and for a
+    trace or shared-prefix workload, which ends by itself): arrivals stop at ``num_requests``
+    submitted or at ``duration_s``, whichever comes first (or when the workload ends). ``until:
+    steady`` (the default otherwise): arrivals stop once the run is steady with every CI of
+    ``steady`` met, or overloaded beyond doubt; ``num_requests`` and ``duration_s`` are then
     maxima, and with neither the maximum is ``DEFAULT_MAX_REQUESTS`` requests. Either way the
     requests in flight then drain to completion, and the summary's ``stop_reason`` says what
-    stopped the arrivals.
+    stopped the arrivals (see :attr:`SimConfig.until_steady`).
     """
 
     model_config = _FROZEN
@@ -478,18 +479,9 @@ class RunConfig(BaseModel):
         return self
 
     @property
-    def until_steady(self) -> bool:
-        """Whether the run stops when steady (``until``, or by default when no limit is given)."""
-        if self.until is not None:
-            return self.until == "steady"
-        return self.num_requests is None and self.duration_s is None
-
-    @property
-    def max_requests(self) -> int | None:
-        """Most requests the run submits (None: no count limit)."""
-        if self.num_requests is None and self.duration_s is None:
-            return DEFAULT_MAX_REQUESTS
-        return self.num_requests
+    def limited(self) -> bool:
+        """Whether a request count or a duration is given."""
+        return self.num_requests is not None or self.duration_s is not None
 
 
 class SimConfig(BaseModel):
@@ -506,6 +498,21 @@ class SimConfig(BaseModel):
     engine: EngineConfig = EngineConfig()
     workload: Workload = ChatWorkload()
     run: RunConfig = RunConfig()
+
+    @property
+    def until_steady(self) -> bool:
+        """Whether arrivals stop once the run is steady: ``run.until``, else by default when no
+        limit is given and the workload does not end by itself (see :class:`RunConfig`)."""
+        if self.run.until is not None:
+            return self.run.until == "steady"
+        return not self.run.limited and not isinstance(self.workload, (TraceWorkload, SharedPrefixWorkload))
+
+    @property
+    def max_requests(self) -> int | None:
+        """Most requests the run submits (None: no count limit)."""
+        if self.until_steady and not self.run.limited:
+            return DEFAULT_MAX_REQUESTS
+        return self.run.num_requests
 
     @property
     def max_model_len(self) -> int:

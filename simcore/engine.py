@@ -83,13 +83,13 @@ class Engine:
         self.records: list[RequestRecord] = []
         self._wake: simpy.Event | None = None
         run = cfg.run
-        self._max_requests = run.max_requests if run.max_requests is not None else math.inf
+        self._max_requests = cfg.max_requests if cfg.max_requests is not None else math.inf
         self._stop_s = run.duration_s if run.duration_s is not None else math.inf
         # when arrivals stopped and why (see stop_s); None while the run accepts them
         self.stop_reason: str | None = None
         self._stopped_at: float | None = None
         # until: steady checks the run after this many completions (see _check_steady)
-        self._monitor = SteadyMonitor(cfg) if run.until_steady else None
+        self._monitor = SteadyMonitor(cfg) if cfg.until_steady else None
         self._completed = 0
         self._next_check: float = STEADY_FIRST_CHECK if self._monitor is not None else math.inf
         self._frontend_s = e.cost.frontend_latency_s

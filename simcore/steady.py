@@ -42,7 +42,11 @@ A cache that never fills during a run is taken as settled: whatever it held was 
 ``until: steady`` (:class:`SteadyMonitor`) asks the same questions at chosen completions, with
 only what is known at that completion's finish time, and stops the arrivals when the run is
 steady with every target CI met, or overloaded with ``STOP_OVERLOADED_ARRIVALS`` arrivals in its
-window.
+window. Such a run's summary reports what that check saw: the requests still in flight when it
+stopped the arrivals are left out of the measured figures (they finish in the drain), so the
+stated verdict is the one the run stopped on, not a second test on more data. (One difference
+remains: the check reads engine-side times, the summary the client's, which add the front-end
+latency and the first-token streaming lag; a constant offset changes no verdict.)
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ OVERLOAD_SHARE = 0.05  # ... and the share of the window's arrivals it must grow
 HIT_RATE_SHIFT = 0.02  # a hit-rate change that counts as "cache still filling"
 TTFT_SHIFT = 0.10  # a relative TTFT change that counts as drift
 STOP_OVERLOADED_ARRIVALS = 1000  # until: steady stops an overloaded run once its window has this many
+STEADY_STOPS = ("steady", "overloaded")  # the stop reasons of SteadyMonitor
 
 
 def latency_stats(prefix: str, values: np.ndarray) -> dict[str, float | None]:

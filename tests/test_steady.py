@@ -150,9 +150,9 @@ def test_until_steady_stops_when_the_intervals_are_met_and_is_the_same_in_both_m
     fast, ref = out["fast"].summary, out["reference"].summary
     assert fast["stop_reason"] == "steady" and fast["steady"] is True
     assert 1000 < fast["num_requests"] < 100_000
-    for col in ("ttft_mean_s", "ttft_p99_s", "throughput_rps"):
-        # the check met 10%; the summary adds the requests that were in flight then
-        assert fast[f"{col}_ci95_run"] <= 0.12 * fast[col]
+    for col in ("ttft_mean_s", "ttft_p99_s", "throughput_rps"):  # what the stopping check saw
+        assert fast[f"{col}_ci95_run"] <= 0.1 * fast[col]
+    assert fast["num_measured"] < fast["num_completed"]  # those in flight at the stop are left out
     assert fast["num_requests"] == ref["num_requests"]
     assert fast["warmup_end_s"] + fast["measured_s"] == ref["warmup_end_s"] + ref["measured_s"]  # same stop
     assert fast["ttft_p99_s"] == pytest.approx(ref["ttft_p99_s"], rel=1e-9)
@@ -171,10 +171,16 @@ def test_until_steady_stops_an_overloaded_open_loop_and_reports_its_capacity():
     assert s["capacity_rps"] == s["throughput_rps"] < 40.0
 
 
-def test_run_config_ends():
-    assert RunConfig().until_steady and RunConfig().max_requests == 100_000
-    assert not RunConfig(duration_s=10).until_steady and RunConfig(duration_s=10).max_requests is None
-    assert RunConfig(until="steady", num_requests=500).max_requests == 500
+def test_how_runs_end():
+    def cfg(run: dict, workload: dict | None = None) -> SimConfig:
+        return small_cfg(run=run, **({"workload": workload} if workload else {}))
+
+    assert cfg({}).until_steady and cfg({}).max_requests == 100_000  # stated, not hidden: see README
+    assert not cfg({"duration_s": 10}).until_steady and cfg({"duration_s": 10}).max_requests is None
+    assert cfg({"until": "steady", "num_requests": 500}).max_requests == 500
+    trace = {"kind": "trace", "path": "t.jsonl"}
+    assert not cfg({}, trace).until_steady and cfg({}, trace).max_requests is None  # the whole trace
+    assert cfg({"until": "steady"}, trace).until_steady
     with pytest.raises(ValidationError, match="until: limits needs num_requests or duration_s"):
         RunConfig(until="limits")
     with pytest.raises(ValidationError, match="give at least one of ttft_s, tpot_s, e2e_s"):
