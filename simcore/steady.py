@@ -273,24 +273,53 @@ def _slo_met(s: Series, slo: SloConfig) -> np.ndarray:
     return ok
 
 
+def _ttft(s: Series, w: Window) -> np.ndarray:
+    m = w.measured
+    return s.first[m] - s.arrival[m]
+
+
+def _tpot(s: Series, w: Window) -> np.ndarray:
+    m = w.measured
+    decode_n = np.maximum(s.output[m] - 1, 0)
+    has = decode_n > 0
+    return (s.finish[m][has] - s.first[m][has]) / decode_n[has]
+
+
+def _completed_in(s: Series, w: Window) -> np.ndarray:
+    """Requests that completed inside the window (throughput counts these)."""
+    return s.done & (s.finish >= w.start) & (s.finish <= w.end)
+
+
+def _throughput(s: Series, w: Window) -> tuple[float | None, float | None]:
+    done = _completed_in(s, w)
+    return ratio(int(done.sum()), w.length), stats.rate_half_width(s.finish[done], w.start, w.end)
+
+
+# summary column -> (value, 95% half-width) for the metrics with a within-run CI (CI_METRICS)
+_WITH_CI = {
+    "ttft_mean_s": lambda s, w: _mean_and_half(_ttft(s, w)),
+    "ttft_p99_s": lambda s, w: _p99_and_half(_ttft(s, w)),
+    "tpot_mean_s": lambda s, w: _mean_and_half(_tpot(s, w)),
+    "throughput_rps": _throughput,
+}
+
+
+def _mean_and_half(x: np.ndarray) -> tuple[float | None, float | None]:
+    return (float(x.mean()) if x.size else None), stats.mean_half_width(x)
+
+
+def _p99_and_half(x: np.ndarray) -> tuple[float | None, float | None]:
+    return (float(np.percentile(x, 99)) if x.size else None), stats.quantile_half_width(x, 99)
+
+
 def window_figures(s: Series, w: Window, setting: Setting, cache_full_s: float | None) -> dict[str, Any]:
     """Everything the measured window gives: the verdict, throughput, latency statistics, their
     within-run CIs and the SLO figures (keys of ``metrics.SUMMARY_FIELDS``)."""
     m = w.measured
-    first, finish, arrival = s.first[m], s.finish[m], s.arrival[m]
-    decode_n = np.maximum(s.output[m] - 1, 0)
-    has_decode = decode_n > 0
-    tpot = (finish[has_decode] - first[has_decode]) / decode_n[has_decode]
-    ttft = first - arrival
-    in_window = s.done & (s.finish >= w.start) & (s.finish <= w.end)
+    ttft, finish, arrival = _ttft(s, w), s.finish[m], s.arrival[m]
+    in_window = _completed_in(s, w)
     reason, growth = verdict(s, w, setting, cache_full_s)
     throughput = ratio(int(in_window.sum()), w.length)
-    ci = {
-        "ttft_mean_s": stats.mean_half_width(ttft),
-        "ttft_p99_s": stats.quantile_half_width(ttft, 99),
-        "tpot_mean_s": stats.mean_half_width(tpot),
-        "throughput_rps": stats.rate_half_width(s.finish[in_window], w.start, w.end),
-    }
     row: dict[str, Any] = {
         "steady": reason == "",
         "steady_reason": reason,
@@ -298,10 +327,10 @@ def window_figures(s: Series, w: Window, setting: Setting, cache_full_s: float |
         "throughput_rps": throughput,
         "output_tokens_per_s": ratio(int(s.output[in_window].sum()), w.length),
         **latency_stats("ttft", ttft),
-        **latency_stats("tpot", tpot),
+        **latency_stats("tpot", _tpot(s, w)),
         **latency_stats("e2e", finish - arrival),
         **latency_stats("queue", s.admitted[m] - arrival),
-        **{f"{col}{CI_SUFFIX}": ci[col] for col in CI_METRICS.values()},
+        **{f"{col}{CI_SUFFIX}": _WITH_CI[col](s, w)[1] for col in CI_METRICS.values()},
         "slo_attainment": None,
         "goodput_rps": None,
     }
@@ -320,22 +349,26 @@ class SteadyMonitor:
         self.setting = Setting.of(cfg)
         self.ci_rel = cfg.run.steady.ci_rel
         self.targets = [CI_METRICS[name] for name in cfg.run.steady.metrics]
-        # the columns of the leading records settled at the last check (they never change again:
-        # converting them once keeps each check at numpy cost, not Python cost, per request)
-        self._settled = columns([])
-        self._n = 0
+        # every record's columns as of the last check, and the records not settled then (still
+        # running, or finished after that check's time): a check converts only those and the
+        # new ones, so it costs numpy time, not Python time, per request of the run
+        self._cols = columns([])
+        self._pending = np.zeros(0, dtype=np.int64)
 
     def _columns(self, records: Sequence[RequestRecord], t: float) -> dict[str, np.ndarray]:
-        n = self._n
-        while n < len(records) and (records[n].status == "failed" or (
-                records[n].status == "completed" and records[n].finish_s <= t)):
-            n += 1
-        if n > self._n:
-            more = columns(records[self._n:n])
-            self._settled = {k: np.concatenate([v, more[k]]) for k, v in self._settled.items()}
-            self._n = n
-        tail = columns(records[n:])
-        return {k: np.concatenate([v, tail[k]]) for k, v in self._settled.items()}
+        have = len(self._cols["status"])
+        if len(records) > have:
+            new = len(records) - have
+            self._cols = {k: np.concatenate([v, np.zeros(new, dtype=v.dtype)]) for k, v in self._cols.items()}
+            self._pending = np.concatenate([self._pending, np.arange(have, len(records))])
+        if self._pending.size:
+            fresh = columns([records[i] for i in self._pending.tolist()])
+            for k, v in fresh.items():
+                self._cols[k][self._pending] = v
+            status = fresh["status"]
+            settled = (status == _FAILED) | ((status == _COMPLETED) & (fresh["finish_s"] <= t))
+            self._pending = self._pending[~settled]
+        return self._cols
 
     def check(self, records: Sequence[RequestRecord], t: float, cache_full_s: float | None) -> str | None:
         """"steady", "overloaded" (its window holds ``STOP_OVERLOADED_ARRIVALS`` arrivals), or None."""
@@ -343,13 +376,12 @@ class SteadyMonitor:
         w = window(s, t, self.setting.warmup_s, cache_full_s)
         if w.length <= 0 or int(w.measured.sum()) < MIN_MEASURED:
             return None
-        fig = window_figures(s, w, self.setting, cache_full_s)
-        if fig["capacity_rps"] is not None:
+        if self.setting.users is None and _queue_growth(s, w) is not None:
             return "overloaded" if int(w.arrived.sum()) >= STOP_OVERLOADED_ARRIVALS else None
-        if not fig["steady"]:
-            return None
+        # the intervals first: until they are met (most checks) the verdict is not needed
         for col in self.targets:
-            value, half = fig[col], fig[f"{col}{CI_SUFFIX}"]
+            value, half = _WITH_CI[col](s, w)
             if value is None or half is None or half > self.ci_rel * abs(value):
                 return None
-        return "steady"
+        reason, _ = verdict(s, w, self.setting, cache_full_s)
+        return "steady" if reason == "" else None
