@@ -29,6 +29,11 @@ CASES = {
     "until-steady": {"engine": {"block_size": 16},
                      "workload": {"kind": "chat", "users": 24, "turns": 3, "think_time_s": 0.5},
                      "run": {"until": "steady", "steady": {"ci_rel": 0.2}, "num_requests": 20_000}},
+    # ... and an open loop it stops as overloaded
+    "until-overloaded": {"engine": {"block_size": 16, "max_num_seqs": 4},
+                         "workload": {"kind": "api", "request_rate": 30.0, "system_prompt_tokens": 0,
+                                      "prompt_tokens": 200, "output_tokens": 100},
+                         "run": {"until": "steady", "num_requests": 50_000}},
     "mix": {"engine": {"block_size": 8}, "workload": {"kind": "mix", "users": 30, "profiles": [
         {"weight": 3, "turns": 4, "think_time_s": 1.0},
         {"weight": 1, "sessionless": True, "user_tokens": 800, "system_prompts": 2}]},
@@ -60,6 +65,9 @@ def test_fast_matches_reference(name):
             assert abs(a[key] - b[key]) <= 1e-6, (key, a, b)
     if name == "until-steady":
         assert ref.summary["stop_reason"] == "steady" and ref.summary["num_requests"] < 20_000
+    if name == "until-overloaded":
+        assert ref.summary["stop_reason"] == "overloaded" and ref.summary["num_requests"] < 50_000
+        assert fast.summary["capacity_rps"] == pytest.approx(ref.summary["capacity_rps"], rel=1e-9)
     if name == "memory-pressure":
         assert ref.summary["preemptions"] > 0 and ref.summary["recomputed_tokens"] > 0
         assert ref.summary["prefill_reduction"] >= 0  # recomputation is not prefill
