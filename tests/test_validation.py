@@ -203,7 +203,7 @@ PUBLISHED_MAX = {"synthetic": 0.658, "conversation": 0.401}
 SIMULATED_HIT_TOKENS = {
     "synthetic": {1e5: 1_100_288, 1e6: 9_183_232, 2e6: 14_927_872, 4e6: 23_519_744,
                   1e7: 35_987_968, 5e7: 39_802_880, math.inf: 39_802_880},
-    # (scripts/validate.py also prints 1e5: 6_185_984, 2e6: 12_948_480, 4e6: 26_780_672,
+    # (kvsweep replay also prints 1e5: 6_185_984, 2e6: 12_948_480, 4e6: 26_780_672,
     # 5e7: 53_722_112; three points are enough to pin the conversation curve here)
     "conversation": {1e6: 8_091_136, 1e7: 43_093_504, math.inf: 54_063_104},
 }
