@@ -21,6 +21,15 @@ before its loop runs again plus the least client wait among its outstanding requ
 
 (the lookahead of conservative parallel discrete-event simulation). No router acts before it,
 so every engine's state is exact whenever a router reads it, in fast and reference mode alike.
+
+When arrivals stop. With several replicas the cluster decides (an engine sees only its own
+completions): at the request count, at the duration, or (``until: steady``) at the finish of
+the n-th completion cluster-wide, counted in finish-time order, with what was known then (as
+one engine does; see ``steady.py``). It checks lazily, when the next arrival asks whether it
+may come (and at the end of the run): by then every completion that finished earlier has been
+reported, whichever engine ran it and however far ahead, so the checks and the stops are the
+same in both modes. The KV cache counts as full (the warm-up lasts at least until then) when
+the last of the replicas that filled did so.
 """
 
 from __future__ import annotations
@@ -33,10 +42,12 @@ from typing import Any
 import simpy
 
 from simcore.config import SimConfig
-from simcore.engine import Engine, client_times
+from simcore.engine import STEADY_CHECK_GROWTH, STEADY_FIRST_CHECK, STEADY_MIN_STEP, Engine
 from simcore.hashing import TokenSeq
 from simcore.metrics import RequestRecord
+from simcore.request import Request
 from simcore.router import RouteRequest, make_router
+from simcore.steady import SteadyMonitor
 
 
 class SnapshotView:
@@ -88,9 +99,19 @@ class Cluster:
         alone = n == 1
         self.engines = [
             Engine(cfg, num_blocks, wall_limit_s, env=self.env, records=self.records, replica=i,
-                   horizon=None if alone else self._horizon_for(i), note=None if alone else self._note)
+                   horizon=None if alone else self._horizon_for(i), note=None if alone else self._note,
+                   on_finished=None if alone else self._finished)
             for i in range(n)
         ]
+        # when arrivals stop (several replicas; one engine decides alone): see the module notes
+        self._max_requests = cfg.max_requests if cfg.max_requests is not None else math.inf
+        self._stop_at = cfg.run.duration_s if cfg.run.duration_s is not None else math.inf
+        self._stop_reason: str | None = None
+        self._stopped_at: float | None = None
+        self._monitor = SteadyMonitor(cfg) if cfg.until_steady and not alone else None
+        self._done: list[float] = []  # finish times of completions not yet counted (a min-heap)
+        self._counted = 0
+        self._next_check: float = STEADY_FIRST_CHECK
         self.router = None if alone else make_router(
             c.router, seed=cfg.run.seed, load_metric=c.load_metric, prefix_weight=c.prefix_weight,
             load_weight=c.load_weight,
@@ -104,7 +125,40 @@ class Cluster:
 
     # ---- what workloads use (the interface of an Engine) ----------------------------------
     def may_submit(self) -> bool:
-        return self.engines[0].may_submit()
+        """Whether the run still accepts arrivals (request count, duration, the steady check)."""
+        if self.router is None:
+            return self.engines[0].may_submit()
+        if self._stop_reason is None:
+            now = self.env.now
+            if self._monitor is not None:
+                self._check_steady(now)
+            if self._stop_reason is None:
+                if len(self.records) < self._max_requests and now < self._stop_at:
+                    return True
+                if len(self.records) >= self._max_requests:
+                    self._stop_reason = "num_requests"
+                else:
+                    self._stop_reason, self._stopped_at = "duration_s", self._stop_at
+        return False
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.engines[0].stop_reason if self.router is None else self._stop_reason
+
+    @property
+    def stop_s(self) -> float:
+        """When the run stopped accepting arrivals (see :attr:`Engine.stop_s`)."""
+        if self.router is None:
+            return self.engines[0].stop_s
+        if self._stopped_at is not None:
+            return self._stopped_at
+        return self.records[-1].arrival_s if self.records else 0.0
+
+    def cache_full_s(self, at: float = math.inf) -> float | None:
+        """When the KV cache counts as full (see the module notes), as known at ``at``."""
+        times = [e.scheduler.cache_full_s for e in self.engines]
+        full = [t for t in times if t is not None and t <= at]
+        return max(full) if full else None
 
     def timeout(self, delay: float) -> simpy.Timeout:
         if self.router is None:
@@ -133,12 +187,35 @@ class Cluster:
 
     def run(self) -> None:
         self.env.run()
+        if self._monitor is not None and self._stop_reason is None:
+            self._check_steady(math.inf)  # the checks no arrival asked for
         for e in self.engines:
             e.collect()
         for rec in self.records:
             if rec.status == "pending":
                 raise RuntimeError(f"request {rec.request_id} never finished: engine bug")
-        client_times(self.records, self.cfg)
+        self.engines[0]._client_times()  # the records are shared: once for all
+
+    # ---- until: steady across replicas ----------------------------------------------------------
+    def _finished(self, finished: Sequence[Request]) -> None:
+        for req in finished:
+            heapq.heappush(self._done, req.record.finish_s)
+
+    def _check_steady(self, now: float) -> None:
+        """Count completions that finished before ``now`` in finish-time order; at each checked
+        count, ask the steady monitor with what was known at that completion's finish."""
+        assert self._monitor is not None
+        done = self._done
+        while done and done[0] < now and self._stop_reason is None:
+            at = heapq.heappop(done)
+            self._counted += 1
+            if self._counted < self._next_check:
+                continue
+            self._next_check = max(self._next_check + STEADY_MIN_STEP,
+                                   math.ceil(self._next_check * STEADY_CHECK_GROWTH))
+            verdict = self._monitor.check(self.records, at, self.cache_full_s(at))
+            if verdict is not None:
+                self._stop_reason, self._stopped_at = verdict, at
 
     # ---- fast mode across replicas ------------------------------------------------------------
     def _note(self, t: float) -> None:

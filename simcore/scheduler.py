@@ -47,6 +47,9 @@ class Scheduler:
         self.running: dict[int, Request] = {}  # admit_seq -> request, in admission order
         self.waiting: deque[Request] = deque()
         self._admissions = 0
+        # the first admission after the block pool first evicted (it had filled), or None: the
+        # cache's warm-up lasts at least until then (see metrics.py)
+        self.cache_full_s: float | None = None
         self.plan: tuple[float, int, float] | None = None  # never set here (see fastforward.py)
         # requests admitted to wait for CPU tier copies, with when those land (load_time gives
         # it: the engine's host link); the engine takes them after each advance
@@ -119,6 +122,7 @@ class Scheduler:
                 self.in_flight += 1
                 continue
             waiting.popleft()
+            req.admit_computed = req.num_computed
             req.admit_seq = self._admissions
             self._admissions += 1
             self.running[req.admit_seq] = req
@@ -135,6 +139,8 @@ class Scheduler:
             cpu = req.loading * self.block_size
             req.record.cached_tokens = req.num_computed + cpu
             req.record.cpu_cached_tokens = cpu
+            if self.cache_full_s is None and self.pool.evictions:
+                self.cache_full_s = now
 
     def loaded(self, req: Request) -> None:
         """A request's CPU tier copies have landed: it goes back to the head of the queue."""
@@ -146,6 +152,10 @@ class Scheduler:
         """Preempt the most recently admitted running request (recompute later)."""
         _, victim = self.running.popitem()
         self.kv.free(victim)
+        # tokens below its high-water mark computed since this admission were computed again
+        done = victim.num_computed
+        victim.recomputed += max(0, min(done, victim.high_water) - victim.admit_computed)
+        victim.high_water = max(victim.high_water, done)
         victim.num_computed = 0
         victim.record.preemptions += 1
         self.counters.preemptions += 1
@@ -168,7 +178,6 @@ class Scheduler:
     def _complete_chunk(self, req: Request, n: int, end: float) -> bool:
         """Apply a computed chunk at step end; True if the request finished."""
         req.num_computed += n
-        req.computed_total += n
         if req.num_computed < req.num_tokens:
             return False
         req.num_generated += 1
@@ -185,4 +194,6 @@ class Scheduler:
         rec = req.record
         rec.finish_s = end
         rec.status = "completed"
-        rec.prefill_computed_tokens = req.computed_total - (req.output_len - 1)
+        rec.prefill_computed_tokens = req.prompt_len - rec.cached_tokens
+        # it computed every token from this admission's hit up, its high-water mark included
+        rec.recomputed_tokens = req.recomputed + max(0, req.high_water - req.admit_computed)

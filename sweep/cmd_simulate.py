@@ -51,6 +51,8 @@ def load_config(path: str, overrides: list[str]) -> SimConfig:
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         if math.isinf(value) or math.isnan(value):
             return str(value)
@@ -62,17 +64,25 @@ _SECTIONS: list[tuple[str, list[tuple[str, str, float]]]] = [
     ("requests", [("submitted", "num_requests", 1), ("completed", "num_completed", 1),
                   ("failed", "num_failed", 1), ("measured (after warm-up)", "num_measured", 1),
                   ("simulated time (s)", "sim_duration_s", 1)]),
-    ("throughput", [("requests/s", "throughput_rps", 1), ("output tokens/s", "output_tokens_per_s", 1)]),
+    ("steady state", [("arrivals stopped by", "stop_reason", 1), ("warm-up rule", "warmup_rule", 1),
+                      ("warm-up ends (s)", "warmup_end_s", 1), ("measured window (s)", "measured_s", 1),
+                      ("steady", "steady", 1), ("capacity (requests/s)", "capacity_rps", 1)]),
+    ("throughput", [("requests/s", "throughput_rps", 1),
+                    ("  95% CI in the run (+-)", "throughput_rps_ci95_run", 1),
+                    ("output tokens/s", "output_tokens_per_s", 1)]),
     ("latency (ms)", [
         (f"{name} {stat}", f"{key}_{stat}_s", 1e3)
         for name, key in [("TTFT", "ttft"), ("TPOT", "tpot"), ("end-to-end", "e2e"), ("queueing", "queue")]
         for stat in ("mean", "p50", "p90", "p99")
-    ]),
+    ] + [(f"{name} 95% CI in the run (+-)", f"{key}_ci95_run", 1e3) for name, key in [
+        ("TTFT mean", "ttft_mean_s"), ("TTFT p99", "ttft_p99_s"), ("TPOT mean", "tpot_mean_s")]]),
+    ("SLO", [("attainment", "slo_attainment", 1), ("goodput (requests/s)", "goodput_rps", 1)]),
     ("prefix cache", [("hit rate (tokens)", "prefix_hit_rate", 1),
                       ("requests with a hit", "hit_request_share", 1),
                       ("prefill tokens total", "prefill_tokens_total", 1),
                       ("prefill tokens computed", "prefill_tokens_computed", 1),
                       ("prefill reduction", "prefill_reduction", 1),
+                      ("recomputed (preemption)", "recomputed_tokens", 1),
                       ("evictions (blocks)", "evictions", 1)]),
     ("engine", [("KV capacity (tokens)", "kv_capacity_tokens", 1), ("KV peak use", "kv_peak_util", 1),
                 ("KV mean use", "kv_mean_util", 1), ("preemptions", "preemptions", 1),
@@ -86,15 +96,19 @@ def render(cfg: SimConfig, result: RunResult) -> str:
     e = cfg.engine
     head = (f"{cfg.model.name} on {cfg.gpu.name} x{e.tensor_parallel}, {cfg.workload.kind} workload, "
             f"prefix caching {e.prefix_caching}, seed {cfg.run.seed}, mode {cfg.run.mode}")
-    if result.status != "ok":
+    if result.status == "infeasible":
         return f"{head}\nstatus: {result.status}: {result.error}"
-    lines = [head]
+    lines = [head] + ([f"status: {result.status}: {result.error}"] if result.status != "ok" else [])
     s = result.summary
     for title, rows in _SECTIONS:
+        if title == "SLO" and cfg.run.slo is None:
+            continue
         lines.append(f"\n{title}")
         for label, key, scale in rows:
             v = s[key]
-            lines.append(f"  {label:<28} {_fmt(v * scale if v is not None and scale != 1 else v):>14}")
+            lines.append(f"  {label:<32} {_fmt(v * scale if v is not None and scale != 1 else v):>14}")
+            if key == "steady" and s["steady_reason"]:
+                lines.append(f"    ({s['steady_reason']})")
     return "\n".join(lines)
 
 

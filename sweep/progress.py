@@ -1,4 +1,4 @@
-"""Progress of a sweep: done / ok / infeasible / failed, rate and ETA.
+"""Progress of a sweep: done / ok / no data / infeasible / failed, rate and ETA.
 
 On a terminal it is a tqdm bar; elsewhere (CI logs, a cluster job's log) one plain line every
 ``interval_s`` seconds, so logs stay readable.
@@ -51,7 +51,8 @@ class Progress:
 
     def status_text(self) -> str:
         c = self.counts
-        return f"ok {c['ok']}, infeasible {c['infeasible']}, failed {c['failed']}"
+        no_data = f", no data {c['no_data']}" if c["no_data"] else ""
+        return f"ok {c['ok']}{no_data}, infeasible {c['infeasible']}, failed {c['failed']}"
 
     def update(self, status: str) -> None:
         self.counts[status] += 1

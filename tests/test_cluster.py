@@ -14,6 +14,7 @@ from simcore.cluster import Cluster
 from simcore.costmodel import kv_capacity_blocks
 from simcore.hashing import TokenSeq
 from simcore.metrics import RequestRecord, summarize
+from simcore.steady import Setting
 from tests.simhelpers import run_engine, small_cfg
 
 # ---- a hand-worked case ---------------------------------------------------------------------
@@ -107,10 +108,14 @@ def test_one_replica_equals_the_single_engine_field_by_field(router, mode):
     case = {**CHAT, "run": {**CHAT["run"], "mode": mode}}
     one = simulate(small_cfg(**case, cluster={"replicas": 1, "router": router}))
     cfg = small_cfg(**case)
-    engine = run_engine(cfg)  # a plain Engine, no cluster around it
+    engine = run_engine(cfg)  # a plain Engine, no cluster around it, summarised as simulate() does
     num_blocks, _ = kv_capacity_blocks(cfg)
-    alone = summarize(engine.records, engine.counters, capacity_blocks=num_blocks - 1,
-                      block_size=cfg.engine.block_size, warmup_s=0.0, wall_s=0.0)
+    alone = summarize(engine.records, engine.counters, Setting.of(cfg), stop_s=engine.stop_s,
+                      stop_reason=engine.stop_reason or "workload ended",
+                      cache_full_s=engine.scheduler.cache_full_s, capacity_blocks=num_blocks - 1,
+                      block_size=cfg.engine.block_size, wall_s=0.0)
+    for rec in engine.records:
+        rec.warmup = rec.arrival_s < alone["warmup_end_s"]
     got = {k: v for k, v in one.summary.items() if k != "sim_wall_s"}
     assert got == {k: v for k, v in alone.items() if k != "sim_wall_s"}
     assert one.requests == [r.as_row() for r in engine.records]
@@ -165,13 +170,18 @@ def test_cluster_metrics_add_up():
 
 # ---- routers ranked on shared-system-prompt chat --------------------------------------------
 def test_prefix_aware_beats_session_affinity_beats_round_robin():
-    case = {"model": "Llama-3.1-8B", "gpu": "H100-SXM-80GB", "engine": {"block_size": 16},
-            "workload": {"kind": "chat", "users": 96, "system_prompts": 8, "system_prompt_tokens": 1000,
-                         "turns": {"kind": "geometric", "mean": 4},
+    """32 system prompts of 2,000 tokens, 1 GiB of KV per replica (32k tokens): no replica holds
+    them all. round_robin scatters every conversation; session_affinity keeps conversations home
+    but sends new ones to any replica, where their system prompt is often missing; prefix_aware
+    sends them where it is cached."""
+    case = {"engine": {"block_size": 16, "kv_budget_gib": 1.0, "max_model_len": 8192},
+            "workload": {"kind": "chat", "users": 64, "system_prompts": 32, "system_prompt_tokens": 2000,
+                         "turns": {"kind": "geometric", "mean": 3},
                          "think_time_s": {"kind": "exponential", "mean": 3.0}},
-            "run": {"num_requests": 1500}}
+            "run": {"num_requests": 1500, "warmup_s": 15}}
     rate = {}
     for router in ("round_robin", "session_affinity", "prefix_aware"):
-        rate[router] = simulate(small_cfg(**case, cluster={"replicas": 4, "router": router})).summary[
-            "prefix_hit_rate"]
-    assert rate["prefix_aware"] >= rate["session_affinity"] >= rate["round_robin"] + 0.1, rate
+        s = simulate(small_cfg(**case, cluster={"replicas": 4, "router": router})).summary
+        assert s["num_measured"] > 1000
+        rate[router] = s["prefix_hit_rate"]
+    assert rate["prefix_aware"] > rate["session_affinity"] + 0.1 > rate["round_robin"] + 0.2, rate

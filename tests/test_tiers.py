@@ -214,10 +214,11 @@ def chat_with_offload(gib: float, mode: str = "fast") -> dict:
     from simcore.api import simulate
     from tests.simhelpers import small_cfg
 
-    cfg = small_cfg(engine={"block_size": 16, "kv_budget_gib": 0.05, "cpu_offload_gib": gib},
+    cfg = small_cfg(engine={"block_size": 16, "kv_budget_gib": 0.05, "max_model_len": 1600,
+                            "cpu_offload_gib": gib},
                     workload={"kind": "chat", "users": 24, "turns": 4,
                               "think_time_s": {"kind": "exponential", "mean": 4.0}},
-                    run={"num_requests": 400, "mode": mode})
+                    run={"num_requests": 400, "mode": mode, "warmup_s": 0})
     return simulate(cfg).summary
 
 
@@ -237,7 +238,8 @@ def test_blocks_are_conserved_in_both_tiers_after_a_run():
     from simcore.workload import Workload
     from tests.simhelpers import small_cfg
 
-    cfg = small_cfg(engine={"block_size": 16, "kv_budget_gib": 0.05, "cpu_offload_gib": 0.1},
+    cfg = small_cfg(engine={"block_size": 16, "kv_budget_gib": 0.05, "max_model_len": 1600,
+                            "cpu_offload_gib": 0.1},
                     workload={"kind": "chat", "users": 24, "turns": 4}, run={"num_requests": 300})
     engine = Engine(cfg, kv_capacity_blocks(cfg)[0])
     Workload(cfg).start(engine)
