@@ -287,6 +287,12 @@ cdef class CBlockPool:
             return self.n_stack + (self.num_blocks - self.next_fresh) + self.n_lru
         return self._free_count()
 
+    def num_free_uncached(self):
+        """Free blocks that hold no hash: what can be allocated without evicting anything."""
+        if self.unbounded:
+            return self.n_stack + (self.num_blocks - self.next_fresh)
+        return self.n_stack + (self.limit - self.next_fresh)
+
     def num_used(self):
         """Blocks with a reference count above zero (null block excluded)."""
         return self.next_fresh - 1 - self.n_stack - self.n_lru

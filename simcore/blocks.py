@@ -73,6 +73,10 @@ class BlockPool:
         """Blocks that can be allocated now (free, cached or never used)."""
         return len(self._unhashed_free) + (self.num_blocks - self._next_fresh) + len(self._cached_free)
 
+    def num_free_uncached(self) -> float:
+        """Free blocks that hold no hash: what can be allocated without evicting anything."""
+        return len(self._unhashed_free) + (self.num_blocks - self._next_fresh)
+
     def num_used(self) -> int:
         """Blocks with a reference count above zero (null block excluded)."""
         return int(self._next_fresh - 1 - len(self._unhashed_free) - len(self._cached_free))

@@ -179,8 +179,9 @@ class Cluster:
                     v.refresh()
                 self._snapshotting = True
                 self.env.process(self._snapshots(self._snapshot_s))
-            full = prompt // self.block_size
-            hashes = seq.ensure_hashes(prompt)[:full]
+            hashes: Sequence[int] = ()
+            if self.router.uses_cache:  # only a cache-aware router reads the prompt's blocks
+                hashes = seq.ensure_hashes(prompt)[: prompt // self.block_size]
             i = self.router.route(RouteRequest(session_id, hashes, prompt), self.views)
         return self.engines[i].submit(seq, prompt, output, then_wait_s=then_wait_s, session_id=session_id,
                                       turn=turn, profile=profile)

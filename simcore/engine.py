@@ -120,8 +120,10 @@ class Engine:
         self._on_finished = on_finished
         self._outstanding_requests = 0
         self._outstanding_tokens = 0
-        # (client wait, request) of outstanding requests, for the cluster's lookahead (lazy heap)
-        self._waits: list[tuple[float, int, Request]] = []
+        # the client waits of outstanding requests (request id -> wait), for the cluster's
+        # lookahead, and a min-heap of (wait, id) over them with stale entries popped lazily
+        self._wait_of: dict[int, float] = {}
+        self._waits: list[tuple[float, int]] = []
         self.next_start = 0.0  # when the loop runs next (inf while idle)
         self.lookahead = math.inf  # see _next
         self._was_cut = False
@@ -214,7 +216,8 @@ class Engine:
         self._outstanding_requests += 1
         self._outstanding_tokens += prompt
         if self._note is not None:
-            heapq.heappush(self._waits, (req.then_wait_s, req.rid, req))
+            self._wait_of[req.rid] = req.then_wait_s
+            heapq.heappush(self._waits, (req.then_wait_s, req.rid))
             # an idle loop (next_start inf) runs again now, woken by this request
             self.lookahead = min(self.lookahead, min(self.next_start, now) + req.then_wait_s)
         self.scheduler.add(req)
@@ -305,6 +308,10 @@ class Engine:
                 note(now + delay)
             self._outstanding_tokens -= req.prompt_len
         self._outstanding_requests -= len(finished)
+        if note is not None:
+            wait_of = self._wait_of
+            for req in finished:
+                del wait_of[req.rid]
         if self._on_finished is not None:
             self._on_finished(finished)
         self._completed += len(finished)
@@ -398,6 +405,7 @@ class Engine:
     def outstanding_tokens(self) -> int:
         self._sync_load()
         return self._outstanding_tokens
+
     def _next(self, start: float) -> None:
         """The loop runs next at ``start``; update :attr:`lookahead`: the earliest time a request
         outstanding here could complete (its completion event, when its client may submit
@@ -407,20 +415,33 @@ class Engine:
         self.next_start = start
         if self._loads_at and self._loads_at[0] < start:  # a landing copy may wake the loop then
             start = self._loads_at[0]
-        waits = self._waits
-        while waits and waits[0][2].record.status != "pending":
+        waits, wait_of = self._waits, self._wait_of
+        if len(waits) > 2 * len(wait_of) + 64:  # mostly finished requests: rebuild (bounded memory)
+            waits[:] = [(w, rid) for rid, w in wait_of.items()]
+            heapq.heapify(waits)
+        while waits and waits[0][1] not in wait_of:
             heapq.heappop(waits)
         self.lookahead = start + waits[0][0] if waits else math.inf
 
     # ---- a router's questions (read-only) ------------------------------------------------------
     def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
         """Tokens of the longest leading run of ``hashes`` held here (whole blocks)."""
-        if self.scheduler.plan is not None:
-            self._cut()
+        self._sync_cache()
         return self.kv.cached_prefix_tokens(hashes)
 
+    def _sync_cache(self) -> None:
+        """Before a router asks about a prompt: run a planned window up to now if what it has
+        done by now changes the answer (it evicted a block; the hashes it added are its members'
+        replies, which no prompt arriving now can hold)."""
+        sched = self.scheduler
+        if sched.plan is not None:
+            assert isinstance(sched, FastScheduler)  # only it plans windows
+            if sched.plan_evicts_before(self.env.now):
+                self._cut()
+
     def held_hashes(self) -> tuple[frozenset[int], frozenset[int]]:
-        """Every hash held here now, in GPU memory and in the CPU tier (a router's snapshot)."""
+        """Every hash held here now, in GPU memory and in the CPU tier (a router's snapshot: kept
+        for later questions, it needs the hashes a planned window added too)."""
         if self.scheduler.plan is not None:
             self._cut()
         if self.cpu is None:

@@ -225,6 +225,21 @@ class FastScheduler(Scheduler):
                                                                            last - 1)[0]
         return self._plan_last_start
 
+    def plan_evicts_before(self, t: float) -> bool:
+        """Whether the planned window's steps that start before ``t`` evict a cached block (only
+        then do they change what a lookup finds: their new hashes are their members' replies,
+        which no other prompt holds)."""
+        assert self.plan is not None
+        now, last, _ = self.plan
+        if t <= now:
+            return False
+        r = len(self.group)
+        step = self._steps(now, t, r, last)[1]  # the last step that starts before t
+        bs = self.block_size
+        n = step - self.D + 1
+        allocs = (n // bs) * r + sum(len(self._phase[-s % bs]) for s in range(step - n % bs + 1, step + 1))
+        return allocs > self.pool.num_free_uncached()
+
     def run_plan(self, limit: float) -> tuple[float, list[Request]]:
         """Run the planned window's steps that start before ``limit`` (all of them for
         ``math.inf``) and drop the plan; return (end of the last step run, or the window's start

@@ -51,7 +51,8 @@ _RANDOM_BATCH = 1024  # replica indices drawn per numpy call (one call per reque
 @dataclass(frozen=True, slots=True)
 class RouteRequest:
     """What a router knows of a request: its conversation (``session``, -1 for none), the
-    chained hashes of its prompt's full blocks and its prompt length in tokens."""
+    chained hashes of its prompt's full blocks (given to routers that use the cache) and its
+    prompt length in tokens."""
 
     session: int
     hashes: Sequence[int]

@@ -37,7 +37,7 @@ ops = st.lists(
 
 def _state(pool: BlockPool) -> tuple:
     return (pool.free_queue(), pool.ref_cnt, pool.num_free(), pool.num_used(), pool.num_cached(),
-            pool.evictions, list(pool.spill or ()), pool.cached_hashes())
+            pool.evictions, list(pool.spill or ()), pool.cached_hashes(), pool.num_free_uncached())
 
 
 def _admit_both(pools: list, chains: list[list[int]], held: list[list[int]], n: int, h: int,
