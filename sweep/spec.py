@@ -177,7 +177,7 @@ class SweepSpec(BaseModel):
             first = exc.errors()[0]
             if not first["loc"]:  # a whole-spec check (_check_axes) says which axis itself
                 raise ConfigError(f"{path}: {first['msg'].removeprefix('Value error, ')}") from None
-            raise ConfigError(format_validation_error(exc, source=str(path))) from None
+            raise ConfigError(format_validation_error(exc, source=str(path), model=cls)) from None
 
     def to_yaml(self) -> str:
         """The resolved spec (base inline, seeds listed), as written beside the dataset."""
@@ -372,9 +372,9 @@ class _Expander:
                 if _related(path.split("."), loc):
                     value = axis.values[pos[a]][j]
                     head = f"{self.source}: {axis.where} axis {path} = {value!r}: "
-                    return head + format_validation_error(exc)
+                    return head + format_validation_error(exc, model=SimConfig)
         where = "base" if not self.axes else f"base (run {self._describe(pos, {})})"
-        return f"{self.source}: {where}: " + format_validation_error(exc)
+        return f"{self.source}: {where}: " + format_validation_error(exc, model=SimConfig)
 
 
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
