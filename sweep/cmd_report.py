@@ -89,6 +89,8 @@ def query(path: str | Path, sql: str) -> pd.DataFrame:
     """Run ``sql`` over the dataset at ``path``; the result as a DataFrame. Bad SQL -> ConfigError."""
     import duckdb
 
+    from sweep.analysis import NO_REQUESTS_HINT
+
     con = connect(path)
     try:
         return con.execute(sql).fetchdf()
@@ -99,7 +101,7 @@ def query(path: str | Path, sql: str) -> pd.DataFrame:
         if "not found" in first and dotted:
             hint = f' (quote dotted column names: "{dotted.group(0)}")'
         if "requests" in first and "does not exist" in first:
-            hint = " (this sweep recorded no requests: set run.record_requests: true)"
+            hint = f" ({NO_REQUESTS_HINT})"
         raise ConfigError(f"bad SQL: {first}{hint}") from None
     finally:
         con.close()

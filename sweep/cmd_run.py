@@ -95,6 +95,11 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="sweep spec YAML (e.g. configs/sweeps/quickstart.yaml)")
     parser.add_argument("--examples", type=int, default=5, metavar="N", help="runs to show (default 5)")
     parser.add_argument("--out", metavar="DIR", help="also say how many runs DIR already holds")
+    parser.add_argument("--probe-runs", type=int, default=5, metavar="N",
+                        help="time N of the runs here, spread over the grid, to estimate the sweep's"
+                             " run time (default 5; 0: no estimate)")
+    parser.add_argument("--num-cpus", type=_positive, metavar="N",
+                        help="CPUs the estimate divides the work over (default: this machine's)")
     _add_max_runs(parser)
 
 
@@ -132,20 +137,56 @@ def main_plan(args: argparse.Namespace) -> int:
         step = max(1, len(plan) // shown)
         for index in range(0, step * shown, step):
             print(f"  {plan.run_ids[index]}  {plan.describe(index)}")
+    todo = list(range(len(plan)))
     if args.out:
-        from sweep.store import Dataset
-
-        found = Dataset(args.out).scan()
-        present = found.present
-        counts = Counter(present[rid] for rid in plan.run_ids if rid in present)
-        have = sum(counts.values())
-        print(
-            f"in {args.out}: {have} present (ok {counts['ok']}, infeasible {counts['infeasible']},"
-            f" failed {counts['failed']}), {len(plan) - have} to do"
-        )
-        for path, why in found.damaged:
-            print(f"  damaged: {path} ({why}): `kvsweep run` moves it aside and does its runs again")
+        todo = _show_out(plan, args.out)
+    if args.probe_runs > 0 and todo:
+        print(estimate(plan, todo, args.probe_runs, args.num_cpus or os.cpu_count() or 1))
     return 0
+
+
+def _show_out(plan: Plan, out: str) -> list[int]:
+    """Say what ``out`` already holds of the plan (or warn, as `run` refuses, when it holds another
+    sweep); return the indices of the runs still to do."""
+    from sweep.store import Dataset
+
+    dataset = Dataset(out)
+    conflict = dataset.conflict(plan.spec.name, plan.spec.to_yaml())
+    if conflict:
+        print(f"kvsweep plan: warning: {conflict} (`kvsweep run` would refuse it)", file=sys.stderr)
+        return list(range(len(plan)))
+    found = dataset.scan()
+    present = found.present
+    counts = Counter(present[rid] for rid in plan.run_ids if rid in present)
+    have = sum(counts.values())
+    shown = ", ".join(f"{k} {counts[k]}" for k in ("ok", "infeasible", "failed"))
+    print(f"in {out}: {have} present ({shown}), {len(plan) - have} to do")
+    for path, why in found.damaged:
+        print(f"  damaged: {path} ({why}): `kvsweep run` moves it aside and does its runs again")
+    return [i for i, rid in enumerate(plan.run_ids) if rid not in present]
+
+
+def estimate(plan: Plan, todo: list[int], probes: int, cpus: int) -> str:
+    """Run ``probes`` of the runs to do here, spread evenly over them, and extrapolate their mean
+    wall time to all of them, spread over ``cpus`` workers. A rough figure: runs differ in cost."""
+    from sweep.executors import run_one
+    from sweep.progress import format_duration
+
+    step = len(todo) / min(probes, len(todo))
+    picks = [todo[int(step * (k + 0.5))] for k in range(min(probes, len(todo)))]
+    times = []
+    for index in picks:
+        run = plan.run_at(index)
+        result = run_one(run.run_id, run.config_json, save_requests=False, faults={}, in_worker=False)
+        times.append(result.wall_s)
+    mean = sum(times) / len(times)
+    work = mean * len(todo)
+    # the sweep cannot end sooner than its slowest run, nor spread fewer runs than CPUs over all CPUs
+    wall = max(work / min(cpus, len(todo)), max(times))
+    spread = f"{min(times):.2g}-{max(times):.2g} s" if len(times) > 1 else f"{times[0]:.2g} s"
+    return (f"estimate: {len(times)} probe run(s) took {spread} (mean {mean:.2g} s): {len(todo):,} runs"
+            f" ~ {format_duration(work)} of CPU time, ~ {format_duration(wall)} on {cpus} CPUs"
+            f" (rough: runs differ in cost; --probe-runs N times more of them)")
 
 
 # ---- run ---------------------------------------------------------------------------------------
@@ -182,7 +223,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--part-rows", type=_positive, default=1000, metavar="N",
                         help="rows per runs/ part file (default 1000)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bar (default: on a terminal; else a line every 30 s)")
+                        help="progress bar (default: a bar on a terminal, else a line every 30 s);"
+                             " --no-progress prints none")
 
 
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:

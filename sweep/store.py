@@ -290,18 +290,9 @@ class Dataset:
         if is_file:
             raise ConfigError(f"--out {self.uri} is a file, not a folder: choose another --out")
         if resumed:
-            meta = self._load_meta(meta_path)
-            if meta.get("sweep") != sweep:
-                raise ConfigError(
-                    f"--out {self.uri} holds sweep {meta.get('sweep')!r}, not {sweep!r}: choose another --out"
-                )
-            spec_path = f"{self.root}/{SPEC_FILE}"
-            old_spec = self._load_yaml(spec_path) if self._exists(spec_path) else None
-            if old_spec is not None and old_spec != yaml.safe_load(spec_yaml):
-                raise ConfigError(
-                    f"--out {self.uri} holds sweep {sweep!r} from a different spec ({spec_path}):"
-                    " rerun with that spec to resume, or choose another --out"
-                )
+            conflict = self.conflict(sweep, spec_yaml)
+            if conflict:
+                raise ConfigError(conflict)
             self._remove_temporaries()
             self._probe()
             return True
@@ -313,6 +304,24 @@ class Dataset:
         meta = {"version": version, "sweep": sweep, "created": created}
         self._write_text(meta_path, json.dumps(meta, indent=2) + "\n")
         return False
+
+    def conflict(self, sweep: str, spec_yaml: str) -> str | None:
+        """Why this folder cannot take sweep ``sweep`` of spec ``spec_yaml`` (another sweep, or the
+        same sweep from a different spec), or None when it can (empty, or the same spec: resume).
+        Raises :class:`ConfigError` when its metadata is damaged."""
+        meta_path = f"{self.root}/{META_FILE}"
+        with _writing(self.root, "read"):
+            if not self._exists(meta_path):
+                return None
+        meta = self._load_meta(meta_path)
+        if meta.get("sweep") != sweep:
+            return f"--out {self.uri} holds sweep {meta.get('sweep')!r}, not {sweep!r}: choose another --out"
+        spec_path = f"{self.root}/{SPEC_FILE}"
+        old_spec = self._load_yaml(spec_path) if self._exists(spec_path) else None
+        if old_spec is not None and old_spec != yaml.safe_load(spec_yaml):
+            return (f"--out {self.uri} holds sweep {sweep!r} from a different spec ({spec_path}):"
+                    " rerun with that spec to resume, or choose another --out")
+        return None
 
     def _load_meta(self, path: str) -> dict[str, Any]:
         try:

@@ -31,7 +31,10 @@ def test_simulate_prints_summary_and_writes_json(tmp_path, capsys):
     [
         (["model=Llama-9"], r"model = 'Llama-9': unknown model 'Llama-9': use one of"),
         (["gpu.memory_gib=-4"], r"gpu\.memory_gib = -4: must be > 0 \(raise it\)"),
-        (["engine.prefix_cachin=off"], r"engine\.prefix_cachin = .*not permitted \(remove it or check"),
+        (["engine.prefix_cachin=off"],
+         r"engine\.prefix_cachin = .*not permitted \(did you mean engine\.prefix_caching\?"),
+        (["engine.bogus_knob=1"],
+         r"engine\.bogus_knob = 1: .*not permitted \(remove it or check its spelling\)"),
         (["workload.user_tokens=0"], r"workload\.user_tokens = 0: .*must be positive"),
         (["workload.think_time_s=.inf"], r"workload\.think_time_s\.value = inf: .*finite"),
         (["run.seed=-3"], r"run\.seed = -3"),
