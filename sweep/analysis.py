@@ -34,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import yaml
 
 from simcore.errors import ConfigError
@@ -194,6 +195,16 @@ def load_requests(
         expr = pds.field("run_id").isin([str(r) for r in run_ids])
     cols = None if columns is None else list(dict.fromkeys(["run_id", *columns]))
     return dataset.to_table(columns=cols, filter=expr).to_pandas()
+
+
+def load_capacity(path: str | Path) -> pd.DataFrame | None:
+    """The ``capacity/`` table a capacity search wrote (one row per cell), or None when there is none."""
+    fs, root = _filesystem(path)
+    target = f"{root.rstrip('/')}/capacity/part-0.parquet"
+    if not _exists(fs, target):
+        return None
+    with fs.open_input_file(target) as fh:
+        return pq.read_table(fh).to_pandas()
 
 
 @dataclass(frozen=True)

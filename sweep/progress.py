@@ -72,6 +72,13 @@ class Progress:
             self._last_line = now
             print(self.line(), file=self.file, flush=True)
 
+    def set_total(self, total: int) -> None:
+        """A new total, for work whose size is known only as it goes (a capacity search)."""
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+
     def line(self) -> str:
         elapsed = time.monotonic() - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0

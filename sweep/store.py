@@ -6,6 +6,7 @@
       runs/part-00000-1f3a9c0e.parquet         one row per run, many runs per part
       runs/part-00001-77b0e2d4.parquet
       requests/run_id=<run_id>/part-0.parquet  one row per request (only with --save-requests)
+      capacity/part-0.parquet                  a capacity search's answers, one row per cell
       _quarantine/runs/part-00002-...parquet   damaged parts moved aside on resume (never read)
       .kvsweep.lock                            while a sweep writes here (local paths only)
 
@@ -82,6 +83,7 @@ CONTEXT_COLUMNS: dict[str, str] = {
 TAIL_COLUMNS: dict[str, str] = {"kvsweep_version": "str", "config_json": "str"}
 STATUSES = ("ok", "infeasible", "failed")
 META_FILE = "_kvsweep.json"
+CAPACITY_DIR = "capacity"
 SPEC_FILE = "spec.yaml"
 _PART_RE = re.compile(r"^part-(\d{5,})-[0-9a-f]{8}\.parquet$")
 
@@ -476,6 +478,14 @@ class Dataset:
 
     def write_requests(self, run_id: str, table: pa.Table) -> None:
         folder = f"{self.requests_dir}/run_id={run_id}"
+        with _writing(folder, "create"):
+            self.fs.create_dir(folder, recursive=True)
+        self._write_table(f"{folder}/part-0.parquet", table)
+
+    def write_capacity(self, table: pa.Table) -> None:
+        """Replace ``capacity/part-0.parquet``: a capacity search's answers, one row per cell
+        (:mod:`sweep.capacity`). Rewritten whole each time: it follows from the probes in runs/."""
+        folder = f"{self.root}/{CAPACITY_DIR}"
         with _writing(folder, "create"):
             self.fs.create_dir(folder, recursive=True)
         self._write_table(f"{folder}/part-0.parquet", table)

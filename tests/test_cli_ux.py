@@ -45,9 +45,19 @@ def one_line_error(capsys: pytest.CaptureFixture[str], command: str) -> str:
 def test_query_into_a_closed_pipe_prints_no_traceback(tmp_path: Path) -> None:
     out = write_dataset(tmp_path / "d", [{"seed": 0}])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sweep.cli", "query", str(out), "SELECT * FROM range(400000)",
-         "--format", "csv"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "sweep.cli",
+            "query",
+            str(out),
+            "SELECT * FROM range(400000)",
+            "--format",
+            "csv",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
     )
     assert proc.stdout is not None and proc.stderr is not None
     assert proc.stdout.readline().strip() == b"range"  # what `head -1` reads
@@ -147,8 +157,11 @@ def test_prefix_caching_on_is_refused_with_the_valid_values(
     cfg.write_text(yaml.safe_dump(raw).replace("prefix_caching: true", "prefix_caching: on"))
     assert main(["simulate", str(cfg)]) == 2
     assert "'off', 'session', 'prefix'" in one_line_error(capsys, "simulate")
-    cfg.write_text(cfg.read_text().replace("prefix_caching: on", "prefix_caching: off")
-                   .replace("num_requests: 20000", "num_requests: 20"))
+    cfg.write_text(
+        cfg.read_text()
+        .replace("prefix_caching: on", "prefix_caching: off")
+        .replace("num_requests: 20000", "num_requests: 20")
+    )
     assert main(["simulate", str(cfg)]) == 0
     assert "prefix caching off" in capsys.readouterr().out
 
@@ -160,8 +173,15 @@ def test_simulate_prints_numbers_alike(capsys: Capture) -> None:
     assert main(["simulate", CHAT, "--set", "run.num_requests=300"]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = {m.group(1): m.group(2) for m in map(re.compile(r"^  (\S.*?)\s{2,}(\S+)$").match, lines) if m}
-    counts = ("submitted", "completed", "prefill tokens total", "prefill tokens computed",
-              "KV capacity (tokens)", "engine steps", "events")
+    counts = (
+        "submitted",
+        "completed",
+        "prefill tokens total",
+        "prefill tokens computed",
+        "KV capacity (tokens)",
+        "engine steps",
+        "events",
+    )
     for label in counts:
         assert re.fullmatch(r"\d{1,3}(,\d{3})*", rows[label]), (label, rows[label])
     assert rows["submitted"] == "300" and int(rows["prefill tokens total"].replace(",", "")) > 1000
@@ -183,8 +203,11 @@ def test_plan_estimates_the_run_time_from_probe_runs(tmp_path: Path, capsys: Cap
     spec.write_text(tiny_sweep("est", infeasible=False))
     assert main(["plan", str(spec), "--probe-runs", "2", "--num-cpus", "4"]) == 0
     out = capsys.readouterr().out
-    found = re.search(r"estimate: 2 probe run\(s\) took \S+ s \(mean (\S+) s\): 12 runs ~ \d+s of CPU time,"
-                      r" ~ \d+s on 4 CPUs", out)
+    found = re.search(
+        r"estimate: 2 probe run\(s\) took \S+ s \(mean (\S+) s\): 12 runs ~ \d+s of CPU time,"
+        r" ~ \d+s on 4 CPUs",
+        out,
+    )
     assert found, out
     assert 0 < float(found.group(1)) < 30
     assert main(["plan", str(spec), "--probe-runs", "0"]) == 0
