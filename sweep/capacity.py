@@ -37,8 +37,19 @@ from sweep.analysis import CONTEXT_COLUMNS
 from sweep.slo import Slo
 
 RESULT_COLUMNS: tuple[str, ...] = (
-    "axis", "goal", "slo", "boundary", "first_fail", "bracketed", "low", "high", "probes", "runs",
-    "failed_runs", "transient_probes", "why_fail",
+    "axis",
+    "goal",
+    "slo",
+    "boundary",
+    "first_fail",
+    "bracketed",
+    "low",
+    "high",
+    "probes",
+    "runs",
+    "failed_runs",
+    "transient_probes",
+    "why_fail",
 )
 AT_BOUNDARY: tuple[str, ...] = ("throughput_rps", "goodput_rps")
 
@@ -57,15 +68,22 @@ def probe_verdicts(runs: pd.DataFrame, axis: str, slo: Slo, keys: Sequence[str])
         work[m] = pd.to_numeric(work[m], errors="coerce")
     grouped = work.groupby([*keys, axis], dropna=False, sort=True)
     out = grouped.agg(
-        meets=("_meets", "all"), n_runs=("_meets", "size"), n_failed=("_failed", "sum"),
-        transient=("_transient", "any"), **{m: (m, "mean") for m in metrics},
+        meets=("_meets", "all"),
+        n_runs=("_meets", "size"),
+        n_failed=("_failed", "sum"),
+        transient=("_transient", "any"),
+        **{m: (m, "mean") for m in metrics},
     )
     out["why"] = grouped["_why"].agg(lambda reasons: next((r for r in reasons if r), ""))
     return out.reset_index()
 
 
 def capacity_rows(
-    runs: pd.DataFrame, axis: str, slo: Slo, goal: str, cell_keys: Sequence[str],
+    runs: pd.DataFrame,
+    axis: str,
+    slo: Slo,
+    goal: str,
+    cell_keys: Sequence[str],
     ends: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
     """One row per cell of ``runs`` along ``axis`` (see the module docstring). Cells are the
@@ -94,14 +112,17 @@ def _boundary(
     first_fail = ordered.iloc[passing] if passing < len(ordered) else None
     values = ordered[axis]
     row: dict[str, Any] = {
-        "axis": axis, "goal": goal,
+        "axis": axis,
+        "goal": goal,
         "boundary": _scalar(best[axis]) if best is not None else None,
         "first_fail": _scalar(first_fail[axis]) if first_fail is not None else None,
         "bracketed": best is not None and first_fail is not None,
         "low": float(ends[0]) if ends else float(values.min()),
         "high": float(ends[1]) if ends else float(values.max()),
-        "probes": len(probes), "runs": int(probes["n_runs"].sum()),
-        "failed_runs": int(probes["n_failed"].sum()), "transient_probes": int(probes["transient"].sum()),
+        "probes": len(probes),
+        "runs": int(probes["n_runs"].sum()),
+        "failed_runs": int(probes["n_failed"].sum()),
+        "transient_probes": int(probes["transient"].sum()),
         "why_fail": str(first_fail["why"]) if first_fail is not None else "",
     }
     for m in metrics:

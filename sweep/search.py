@@ -83,8 +83,10 @@ class SearchSpec(BaseModel):
         if not self.low < self.high:
             raise ValueError(f"search.low ({self.low:g}) must be below search.high ({self.high:g})")
         if self.goal is None and self.axis not in LOAD_AXES + RESOURCE_AXES:
-            raise ValueError(f"search.axis {self.axis}: say whether to find the most (goal: max) or the"
-                             " least (goal: min) value that meets the SLO")
+            raise ValueError(
+                f"search.axis {self.axis}: say whether to find the most (goal: max) or the"
+                " least (goal: min) value that meets the SLO"
+            )
         return self
 
     @property
@@ -105,14 +107,17 @@ class SearchSpec(BaseModel):
     def check_type(self, kind: str, source: str) -> None:
         """Refuse a search the axis cannot take: a non-numeric axis, fractions on an integer one."""
         if kind not in ("int", "float"):
-            raise ConfigError(f"{source}: search.axis {self.axis} takes {kind} values:"
-                              " search a numeric setting")
+            raise ConfigError(
+                f"{source}: search.axis {self.axis} takes {kind} values: search a numeric setting"
+            )
         if kind == "int":
             for name in ("low", "high", "resolution"):
                 value = getattr(self, name)
                 if value is not None and not float(value).is_integer():
-                    raise ConfigError(f"{source}: search.{name} = {value:g}: {self.axis} is a whole number:"
-                                      " give a whole number")
+                    raise ConfigError(
+                        f"{source}: search.{name} = {value:g}: {self.axis} is a whole number:"
+                        " give a whole number"
+                    )
 
     def bisection(self, integer: bool) -> Bisection:
         low, high = (int(self.low), int(self.high)) if integer else (self.low, self.high)
@@ -239,8 +244,9 @@ class SearchDriver:
                 else:
                     cell.rows[run.run_id] = None
                     self._owner[run.run_id] = cell
-                    self.feed.put(Task(run.run_id, run.config_json, row_head(run, self.plan.spec.name,
-                                                                              self.version)))
+                    self.feed.put(
+                        Task(run.run_id, run.config_json, row_head(run, self.plan.spec.name, self.version))
+                    )
             if any(row is None for row in cell.rows.values()):
                 return  # wait for its runs
             self._settle(cell)
@@ -274,5 +280,6 @@ class SearchDriver:
             return capacity_rows(pd.DataFrame(), self.search.axis, self.slo, self.search.direction, [])
         cell_keys = [c for c in self.plan.axis_types if c != self.search.axis]
         ends = (self.search.low, self.search.high)
-        return capacity_rows(pd.DataFrame(probes), self.search.axis, self.slo, self.search.direction,
-                             cell_keys, ends=ends)
+        return capacity_rows(
+            pd.DataFrame(probes), self.search.axis, self.slo, self.search.direction, cell_keys, ends=ends
+        )

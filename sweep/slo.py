@@ -33,7 +33,10 @@ from simcore.errors import ConfigError
 from simcore.metrics import SUMMARY_FIELDS
 
 _OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
 }
 _LIMIT_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*(ms|s)?\s*$")
 _PER_REQUEST = {"ttft": "ttft_s", "tpot": "tpot_s", "e2e": "e2e_s"}
@@ -83,8 +86,10 @@ class Slo:
         for part in filter(str.strip, re.split(r"[,;]|\band\b", text)):
             found = _LIMIT_RE.match(part)
             if not found:
-                raise ConfigError(f"--slo {part.strip()!r}: write METRIC<VALUE, e.g. ttft_p99_s<1 (several: "
-                                  "ttft_p99_s<1,tpot_p99_s<0.05)")
+                raise ConfigError(
+                    f"--slo {part.strip()!r}: write METRIC<VALUE, e.g. ttft_p99_s<1 (several: "
+                    "ttft_p99_s<1,tpot_p99_s<0.05)"
+                )
             metric, op, number, unit = found.groups()
             metric = _known_metric(metric, names, f"--slo {part.strip()!r}")
             try:
