@@ -6,8 +6,15 @@ one-step-at-a-time reference mode on a shorter run, with the speed-up, measured 
 With ``--pure-requests`` it also runs fast mode with the compiled paths off
 (KVSWEEP_PURE_PYTHON=1, in a child process) to show what the compiled module buys.
 
+With ``--against REV`` it first compares this tree with git revision REV (e.g. ``HEAD`` for
+uncommitted changes, ``HEAD~1`` for the last commit): REV is checked out in a temporary git
+worktree, its compiled module built there, and both trees run the same scenario in alternating
+child processes (the machine is noisy: interleaving spreads its noise over both). It prints the
+medians and the ratio, and checks that both give the same figures unless told they differ.
+
     python scripts/bench_sim.py                 # 20,000 requests, 3 repeats
     python scripts/bench_sim.py --requests 5000 --repeat 1
+    python scripts/bench_sim.py --against HEAD~1 --requests 10000 --repeat 5 --only-against
 """
 
 from __future__ import annotations
@@ -19,11 +26,14 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+TREE_ENV = "KVSWEEP_BENCH_TREE"  # a child process imports simcore and sweep from this tree
+sys.path.insert(0, os.environ.get(TREE_ENV, str(ROOT)))
 
 from simcore import native  # noqa: E402
 from simcore.api import simulate  # noqa: E402
@@ -46,14 +56,54 @@ def run(path: str, requests: int, mode: str) -> dict[str, float]:
     }
 
 
-def run_pure(path: str, requests: int) -> dict[str, float]:
-    """One fast-mode run in a child process with the compiled paths turned off."""
+def run_child(path: str, requests: int, env: dict[str, str]) -> dict[str, float]:
+    """One fast-mode run in a child process with extra environment ``env``."""
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_sim; "
             "print(json.dumps(bench_sim.run(sys.argv[2], int(sys.argv[3]), 'fast')))")
-    env = {**os.environ, native.PURE_ENV: "1"}
     out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), path, str(requests)],
-                         env=env, capture_output=True, text=True, check=True)
+                         env={**os.environ, **env}, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.splitlines()[-1])
+
+
+def run_pure(path: str, requests: int) -> dict[str, float]:
+    """One fast-mode run in a child process with the compiled paths turned off."""
+    return run_child(path, requests, {native.PURE_ENV: "1"})
+
+
+def checkout(rev: str) -> Path:
+    """REV in a temporary git worktree, with its compiled module built (pip builds a wheel in
+    an isolated environment, so Cython need not be installed here) and unpacked beside it."""
+    tree = Path(tempfile.mkdtemp(prefix="kvsweep-bench-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev],
+                   check=True, capture_output=True)
+    wheels = tree / ".wheel"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(tree)],
+                   check=True, capture_output=True, env={**os.environ, "KVSWEEP_REQUIRE_NATIVE": "1"})
+    with zipfile.ZipFile(next(wheels.glob("*.whl"))) as whl:
+        for name in whl.namelist():
+            if name.startswith("simcore/_native"):
+                whl.extract(name, tree)
+    return tree
+
+
+def against(rev: str, path: str, requests: int, repeat: int, same_figures: bool) -> None:
+    """This tree against REV, alternating child processes; prints medians and the ratio."""
+    tree = checkout(rev)
+    try:
+        rows: dict[str, list[dict[str, float]]] = {"this tree": [], rev: []}
+        for _ in range(repeat):
+            rows["this tree"].append(run_child(path, requests, {TREE_ENV: str(ROOT)}))
+            rows[rev].append(run_child(path, requests, {TREE_ENV: str(tree)}))
+        print(f"this tree against {rev}: {requests:,} requests, {repeat} alternating child runs each")
+        new, old = show("this tree", rows["this tree"]), show(rev, rows[rev])
+        print(f"this tree / {rev}: {old['wall_s'] / new['wall_s']:.3f}x the speed "
+              f"({new['req_per_s']:,.0f} vs {old['req_per_s']:,.0f} simulated req/wall-s)")
+        figures = ("steps", "hit_rate", "ttft_p50_ms")
+        if same_figures and any(new[k] != old[k] for k in figures):
+            raise SystemExit("the trees give different figures: pass --figures-differ if that is meant")
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                       capture_output=True)
 
 
 def show(label: str, rows: list[dict[str, float]]) -> dict[str, float]:
@@ -76,7 +126,15 @@ def main() -> None:
                     help="request counts for the linearity check (empty to skip)")
     ap.add_argument("--pure-requests", type=int, default=3_000,
                     help="requests for the compiled vs pure-Python comparison (0 to skip)")
+    ap.add_argument("--against", metavar="REV", help="first compare with git revision REV (see above)")
+    ap.add_argument("--only-against", action="store_true", help="stop after the --against comparison")
+    ap.add_argument("--figures-differ", action="store_true",
+                    help="with --against: the change is meant to change the simulated figures")
     args = ap.parse_args()
+    if args.against:
+        against(args.against, args.config, args.requests, args.repeat, not args.figures_differ)
+        if args.only_against:
+            return
     print(f"scenario: {args.config}, {args.requests:,} requests, median of {args.repeat} runs")
     print(f"fast mode runs: {native.describe()}")
     fast = show("fast", [run(args.config, args.requests, "fast") for _ in range(args.repeat)])

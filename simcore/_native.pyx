@@ -674,18 +674,29 @@ def decode_block_events(list phase, Py_ssize_t first, Py_ssize_t last, CBlockPoo
 def decode_steps(double now, double horizon, Py_ssize_t r, Py_ssize_t first, Py_ssize_t last,
                  Py_ssize_t attn, Py_ssize_t used, list phase, tuple terms, tuple acc):
     """``simcore.fastforward.decode_steps`` compiled: the same double operations in the same
-    order (the build passes -ffp-contract=off), so the same bits."""
-    cdef double fpt = terms[0], fpa = terms[1], weight = terms[2], kvt = terms[3]
-    cdef double fixed = terms[4], ar = terms[5], per_seq = terms[6]
+    order as ``costmodel.step_seconds`` (the build passes -ffp-contract=off), so the same bits."""
+    cdef double fpt = terms[0], knee = terms[1], weight = terms[2], hps = terms[3], hknee = terms[4]
+    cdef double hweight = terms[5], fpa = terms[6], kvt = terms[7], tok = terms[8], gpu_fixed = terms[9]
+    cdef double graph = terms[10], eager = terms[11]
+    cdef Py_ssize_t graph_max = terms[12]
+    cdef double fixed = terms[13], per_seq = terms[14]
     cdef double busy = acc[0], batch_seq = acc[1], used_s = acc[2]
     cdef Py_ssize_t peak = acc[3]
     cdef Py_ssize_t bs = len(phase), step = first
-    cdef double t = now, t_first = -1.0, compute, memory, dt, dr = <double>r
+    cdef double t = now, t_first = -1.0, body, head, gpu, launch, dt, dr = <double>r
     while True:
         used += len(<list>phase[-step % bs])
-        compute = dr * fpt + <double>attn * fpa
-        memory = weight + <double>attn * kvt
-        dt = (compute if compute > memory else memory) + fixed + (ar * dr + per_seq * dr)
+        body = dr * fpt + knee
+        if body < weight:
+            body = weight
+        head = dr * hps + hknee
+        if head < hweight:
+            head = hweight
+        gpu = body + head + <double>attn * fpa + <double>attn * kvt + dr * tok + gpu_fixed
+        launch = graph if r <= graph_max else eager
+        if gpu < launch:
+            gpu = launch
+        dt = fixed + dr * per_seq + gpu
         busy += dt
         batch_seq += dr * dt
         used_s += <double>used * dt

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     field_validator,
@@ -45,7 +46,14 @@ def _from_catalog(value: Any, table: dict[str, dict[str, Any]], what: str) -> An
 
 
 class ModelSpec(BaseModel):
-    """A decoder-only transformer. Units: counts; ``dtype_bytes`` per weight and KV element."""
+    """A decoder-only transformer. Units: counts; ``dtype_bytes`` per weight and KV element.
+
+    ``intermediate_size`` (the MLP's hidden width), ``vocab_size`` and ``tie_word_embeddings``
+    come from the model's Hugging Face ``config.json``; the cost model uses them to tell the
+    transformer body (computed for every token) from the embedding table (a lookup) and the LM
+    head (computed once per sequence per step). Without ``vocab_size`` every parameter counts as
+    body; without ``intermediate_size`` it is derived from the parameter count.
+    """
 
     model_config = _FROZEN
     name: str = "custom"
@@ -57,11 +65,23 @@ class ModelSpec(BaseModel):
     num_params: PositiveFloat
     max_context: PositiveInt
     dtype_bytes: PositiveInt = 2
+    intermediate_size: PositiveInt | None = Field(default=None, description="MLP width (HF config)")
+    vocab_size: PositiveInt | None = Field(default=None, description="tokens in the vocabulary (HF config)")
+    tie_word_embeddings: bool = Field(default=False, description="LM head shares the embedding table")
 
     @model_validator(mode="before")
     @classmethod
     def _resolve(cls, value: Any) -> Any:
         return _from_catalog(value, catalog.models(), "model")
+
+    @model_validator(mode="after")
+    def _body_left(self) -> ModelSpec:
+        if self.body_params <= 0:
+            raise ValueError(
+                f"num_params {self.num_params:g} is not more than the embedding parameters "
+                f"{self.embedding_params:g} (vocab_size x hidden_size): check num_params and vocab_size"
+            )
+        return self
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -71,6 +91,39 @@ class ModelSpec(BaseModel):
     @property
     def weight_bytes(self) -> float:
         return self.num_params * self.dtype_bytes
+
+    @property
+    def embedding_params(self) -> float:
+        """Parameters of the embedding table and (untied) LM head: vocab x hidden each."""
+        if self.vocab_size is None:
+            return 0.0
+        return float(self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2))
+
+    @property
+    def lm_head_params(self) -> float:
+        """The LM head's vocab x hidden parameters (0 when ``vocab_size`` is unknown)."""
+        return 0.0 if self.vocab_size is None else float(self.vocab_size * self.hidden_size)
+
+    @property
+    def body_params(self) -> float:
+        """Parameters of the transformer layers (every token multiplies through all of them)."""
+        return self.num_params - self.embedding_params
+
+    @property
+    def attention_params_per_layer(self) -> float:
+        """Q, K, V and output projections of one layer."""
+        q = self.num_attention_heads * self.head_dim
+        kv = self.num_kv_heads * self.head_dim
+        return float(self.hidden_size * (2 * q + 2 * kv))
+
+    @property
+    def ffn_size(self) -> float:
+        """``intermediate_size``, or what a gated MLP (three hidden x width matrices) would need
+        for the body's parameters: (body / layers - attention) / (3 x hidden)."""
+        if self.intermediate_size is not None:
+            return float(self.intermediate_size)
+        per_layer = self.body_params / self.num_layers - self.attention_params_per_layer
+        return max(per_layer, 0.0) / (3 * self.hidden_size)
 
 
 class GpuSpec(BaseModel):
@@ -93,16 +146,71 @@ class GpuSpec(BaseModel):
         return self.memory_gib * 2**30
 
 
+def _eff(default: float, what: str) -> Any:
+    return Field(default=default, gt=0, le=1, description=what)
+
+
+def _secs(default: float, what: str) -> Any:
+    return Field(default=default, ge=0, description=what)
+
+
 class CostParams(BaseModel):
-    """Named knobs of the roofline step-time model (see ``costmodel.py``)."""
+    """Named parameters of the step-time model (``costmodel.py`` has the formula).
+
+    Values come from a calibrated profile in ``simcore/catalog/profiles.yaml`` (each GPU names
+    its default profile; ``profile`` selects another, or a YAML file written by ``kvsweep
+    calibrate``) and any field given here overrides the profile's. The class defaults are the
+    ``generic`` profile: physically plausible, not fitted to any measurement. Efficiencies are
+    achieved / peak (dimensionless); times are seconds; ``cuda_graph_max_tokens`` is tokens.
+    """
 
     model_config = _FROZEN
-    compute_efficiency: float = Field(default=0.6, gt=0, le=1, description="achieved / peak FLOP/s")
-    bandwidth_efficiency: float = Field(default=0.8, gt=0, le=1, description="achieved / peak HBM B/s")
-    interconnect_efficiency: float = Field(default=0.7, gt=0, le=1)
-    step_overhead_s: NonNegativeFloat = Field(default=0.003, description="scheduler + launch, per step")
-    per_seq_overhead_s: NonNegativeFloat = Field(default=2e-5, description="per sequence per step")
-    allreduce_latency_s: NonNegativeFloat = Field(default=8e-6, description="per all-reduce call")
+    profile: str = Field(default="generic", description="profile the values came from (name or YAML path)")
+    compute_efficiency: float = _eff(0.75, "large matmuls: achieved / peak FLOP/s (the asymptote)")
+    matmul_half_tokens: NonNegativeFloat = Field(
+        default=180.0, description="tokens per step at which matmul efficiency is half its maximum"
+    )
+    bandwidth_efficiency: float = _eff(0.85, "weight streaming: achieved / peak HBM bytes/s")
+    attention_compute_efficiency: float = _eff(0.5, "prefill attention: achieved / peak FLOP/s")
+    kv_bandwidth_efficiency: float = _eff(0.7, "attention's KV-cache reads: achieved / peak HBM bytes/s")
+    elementwise_efficiency: float = _eff(0.6, "norms, rotary, activation, residual adds: achieved / peak B/s")
+    interconnect_efficiency: float = _eff(0.7, "all-reduce bus bandwidth / interconnect_bandwidth")
+    allreduce_latency_s: NonNegativeFloat = _secs(1.0e-5, "latency of one all-reduce call at TP 2")
+    allreduce_latency_per_gpu_s: NonNegativeFloat = _secs(2.0e-6, "added to it per GPU beyond 2")
+    layer_overhead_s: NonNegativeFloat = _secs(
+        1.5e-5, "GPU time per layer per step beyond the terms above (small kernels' fixed latency)"
+    )
+    launch_per_layer_s: NonNegativeFloat = _secs(
+        5.0e-6, "CPU time to launch one layer's work in a CUDA-graph step (overlaps GPU time)"
+    )
+    eager_launch_per_layer_s: NonNegativeFloat = _secs(
+        1.0e-4, "CPU time to launch one layer's kernels in an eager step (overlaps GPU time)"
+    )
+    cuda_graph_max_tokens: NonNegativeInt = Field(
+        default=512, description="steps of at most this many tokens run from CUDA graphs (vLLM's capture)"
+    )
+    step_overhead_s: NonNegativeFloat = _secs(
+        7.0e-4, "CPU per step: scheduling, input preparation, sampling, output processing"
+    )
+    per_seq_overhead_s: NonNegativeFloat = _secs(1.0e-5, "CPU per sequence in the step")
+    frontend_latency_s: NonNegativeFloat = _secs(
+        0.0, "API server path outside the engine (HTTP, tokenising, IPC, streaming), added to TTFT and E2E"
+    )
+    first_token_lag_steps: NonNegativeFloat = Field(
+        default=0.0,
+        description="decode steps (the request's own mean step) between the engine's first token and the "
+        "client's: streaming holds back text until it decodes to whole characters",
+    )
+
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        catalog.load_profile(value)  # raises ValueError naming the known profiles
+        return value
+
+
+COST_FIELDS: tuple[str, ...] = tuple(f for f in CostParams.model_fields if f != "profile")
 
 
 class EngineConfig(BaseModel):
@@ -246,8 +354,43 @@ class TraceWorkload(BaseModel):
     trace_block_tokens: PositiveInt = Field(default=512, description="tokens per Mooncake hash id")
 
 
+class LoadStage(BaseModel):
+    """``rate`` requests per second for ``duration_s`` seconds."""
+
+    model_config = _FROZEN
+    rate: PositiveFloat
+    duration_s: PositiveFloat
+
+
+class SharedPrefixWorkload(BaseModel):
+    """A benchmark load generator's shared-prefix data (inference-perf's ``shared_prefix``)
+    under stages of constant-rate load, as used to measure real vLLM servers.
+
+    ``groups`` x ``prompts_per_group`` distinct prompts: the prompts of a group share a system
+    prompt of ``system_prompt_tokens`` tokens, then a question of ``question_tokens`` of their
+    own. Requests cycle through the prompts in one fixed shuffled order (so after the first cycle
+    every prompt has been seen before) and carry no context between them. Every request
+    generates exactly ``output_tokens`` tokens. Each stage sends int(rate x duration) requests
+    with exponential gaps rescaled to fill the stage exactly, stages one after the other.
+    """
+
+    model_config = _FROZEN
+    kind: Literal["shared_prefix"] = "shared_prefix"
+    groups: PositiveInt = 10
+    prompts_per_group: PositiveInt = 10
+    system_prompt_tokens: NonNegativeInt = 100
+    question_tokens: PositiveInt = 447
+    output_tokens: PositiveInt = 248
+    stages: list[LoadStage] = Field(min_length=1)
+
+    @property
+    def num_requests(self) -> int:
+        """Requests over all stages."""
+        return sum(int(s.rate * s.duration_s) for s in self.stages)
+
+
 Workload = Annotated[
-    Union[ChatWorkload, PoissonWorkload, ApiWorkload, MixWorkload, TraceWorkload],
+    Union[ChatWorkload, PoissonWorkload, ApiWorkload, MixWorkload, TraceWorkload, SharedPrefixWorkload],
     Field(discriminator="kind"),
 ]
 
@@ -276,7 +419,12 @@ class RunConfig(BaseModel):
 
 
 class SimConfig(BaseModel):
-    """Everything one simulation needs. ``simulate(cfg)`` is a pure function of it."""
+    """Everything one simulation needs. ``simulate(cfg)`` is a pure function of it.
+
+    ``engine.cost`` is resolved here, once: the GPU's calibrated profile (or the one
+    ``engine.cost.profile`` names), then every field the config gives explicitly on top. The
+    validated config holds every value, so a run's identity covers the cost model it used.
+    """
 
     model_config = _FROZEN
     model: ModelSpec
@@ -292,3 +440,48 @@ class SimConfig(BaseModel):
         if isinstance(value, dict) and "kind" not in value:
             return {"kind": "chat", **value}
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_cost(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        engine = data.get("engine", {})
+        if isinstance(engine, BaseModel):
+            engine = {k: getattr(engine, k) for k in engine.model_fields_set}
+        if not isinstance(engine, dict):
+            return data
+        cost = resolve_cost(engine.get("cost"), _gpu_name(data.get("gpu")))
+        return {**data, "engine": {**engine, "cost": cost}}
+
+
+def _gpu_name(gpu: Any) -> str | None:
+    if isinstance(gpu, str):
+        return gpu
+    if isinstance(gpu, dict):
+        name = gpu.get("name")
+        return name if isinstance(name, str) else None
+    return gpu.name if isinstance(gpu, GpuSpec) else None
+
+
+def resolve_cost(given: Any, gpu_name: str | None) -> Any:
+    """``engine.cost`` as given (None, a profile name or path, a mapping or a CostParams) ->
+    a mapping with every field: the named profile's values (else the GPU's default profile,
+    else ``generic``) with the given fields on top. Anything else is returned for pydantic to
+    reject."""
+    if isinstance(given, CostParams):
+        given = {k: getattr(given, k) for k in given.model_fields_set}
+    elif given is None:
+        given = {}
+    elif isinstance(given, str):
+        given = {"profile": given}
+    if not isinstance(given, dict):
+        return given
+    if all(f in given for f in COST_FIELDS):
+        return given  # fully specified (a resolved config read back): nothing to look up
+    name = given.get("profile") or catalog.default_profile(gpu_name)
+    try:
+        base = catalog.load_profile(name)
+    except ValueError:
+        return given  # CostParams' own check reports it, at engine.cost.profile
+    return {**base, **given, "profile": name}

@@ -1,21 +1,46 @@
-"""Time of one engine step from the batch's composition (a roofline model).
+"""Time of one engine step from the batch's composition: the one place step time is computed.
 
-    time = max(FLOPs / (peak FLOP/s x compute_eff), bytes / (HBM B/s x bandwidth_eff))
-           + all-reduce time (tensor parallel) + step_overhead + per_seq_overhead x seqs
+A step computes ``tokens`` tokens of ``seqs`` sequences. Per GPU, with tensor-parallel degree T::
 
-Per GPU, with tensor-parallel degree T:
-    FLOPs = (2 x params x tokens + 4 x layers x q_heads x head_dim x attn) / T
-    bytes = weights / T + kv_bytes_per_token_per_gpu x kv
-where ``tokens`` are the tokens computed this step, ``attn`` the sum over those tokens of the
-context each attends to (causal: a chunk of n tokens after c cached ones attends n*c + n(n+1)/2),
-and ``kv`` the KV tokens read or written (c + n per sequence). Prefix hits shrink prefill FLOPs
-(fewer tokens computed) but not the KV read of later decode steps. Two all-reduces per layer
-move tokens x hidden x dtype bytes each, ring cost 2(T-1)/T. Seconds throughout.
+    step  = step_overhead + per_seq_overhead x seqs + max(launch, gpu)
+    gpu   = body + head + attention + elementwise + all-reduce + layers x layer_overhead
+    body  = max(body weights / (HBM B/s x bandwidth_eff),                 memory-bound end
+                2 x body params / T x (tokens + matmul_half_tokens)
+                / (peak FLOP/s x compute_eff))                            compute-bound end
+    head  = the same for the LM head, with seqs in place of tokens (one logit row per sequence)
+    attention   = attn x 4 x layers x heads/T x head_dim / (peak FLOP/s x attention_compute_eff)
+                + kv x KV bytes per token per GPU / (HBM B/s x kv_bandwidth_eff)
+    elementwise = tokens x layers x (8 x hidden + (2 x (q + kv width) + 3 x ffn) / T) x dtype
+                / (HBM B/s x elementwise_eff)                 norms, residual adds, rotary, SiLU
+    all-reduce  = 2 x layers x (latency(T) + tokens x hidden x dtype x 2(T-1)/T
+                / (interconnect B/s x interconnect_eff))           T > 1; latency(T) = a + b(T-2)
+    launch = layers x (launch_per_layer if tokens <= cuda_graph_max_tokens else eager_launch_per_layer)
+
+Matmul efficiency is a smooth function of the tokens in the step: compute_eff x n / (n +
+matmul_half_tokens), which is what ``(tokens + matmul_half_tokens)`` above expresses; with the
+weight-streaming floor this bends from memory- to compute-bound as real GEMMs do (fitted to
+Vidur's per-operator H100 profile). ``attn`` is the sum over computed tokens of the context each
+attends to (a chunk of n tokens after c cached ones attends n*c + n(n+1)/2) and ``kv`` the KV
+tokens read or written (c + n per sequence): prefix hits shrink prefill FLOPs, not the KV reads
+of later decode steps. The CPU launches kernels ahead of the GPU, so launch time and GPU time
+overlap (``max``); the scheduler's per-step work does not. The embedding table is a gather, not
+a matmul: it is neither read whole nor computed. Seconds throughout; the parameters, their
+units and sources are :class:`simcore.config.CostParams` and ``catalog/profiles.yaml``.
+
+The front-end latency (``CostParams.frontend_latency_s``) is not step time: the engine adds it
+to every request's first token and finish (see ``engine.py``).
 """
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 from simcore.config import SimConfig
+
+#: :attr:`CostModel.terms`: the coefficients :func:`step_seconds` takes, in its order
+Terms: TypeAlias = tuple[
+    float, float, float, float, float, float, float, float, float, float, float, float, int, float, float
+]
 
 
 def chunk_terms(computed: int, n: int) -> tuple[int, int]:
@@ -32,26 +57,32 @@ class CostModel:
         tp = e.tensor_parallel
         flops = g.flops * c.compute_efficiency
         bw = g.hbm_bandwidth * c.bandwidth_efficiency
-        self.flop_per_token_s = 2.0 * m.num_params / tp / flops
-        self.flop_per_attn_s = 4.0 * m.num_layers * m.num_attention_heads * m.head_dim / tp / flops
-        self.weight_s = m.weight_bytes / tp / bw
-        self.kv_per_token_s = kv_bytes_per_token_per_gpu(cfg) / bw
+        layers = m.num_layers
+        self.flop_per_token_s = 2.0 * m.body_params / tp / flops
+        self.knee_s = self.flop_per_token_s * c.matmul_half_tokens
+        self.weight_s = m.body_params * m.dtype_bytes / tp / bw
+        self.head_per_seq_s = 2.0 * m.lm_head_params / tp / flops
+        self.head_knee_s = self.head_per_seq_s * c.matmul_half_tokens
+        self.head_weight_s = m.lm_head_params * m.dtype_bytes / tp / bw
+        attn_flops = g.flops * c.attention_compute_efficiency
+        self.flop_per_attn_s = 4.0 * layers * m.num_attention_heads * m.head_dim / tp / attn_flops
+        kv_bw = g.hbm_bandwidth * c.kv_bandwidth_efficiency
+        self.kv_per_token_s = kv_bytes_per_token_per_gpu(cfg) / kv_bw
+        self.per_token_s = elementwise_bytes_per_token(cfg) / (g.hbm_bandwidth * c.elementwise_efficiency)
+        self.gpu_fixed_s = layers * c.layer_overhead_s
         if tp > 1:
             ring = 2.0 * (tp - 1) / tp
             link = g.interconnect_bandwidth * c.interconnect_efficiency
-            per_token = ring * m.hidden_size * m.dtype_bytes / link
-            calls = 2 * m.num_layers
-            self.ar_fixed_s = calls * c.allreduce_latency_s
-            self.ar_per_token_s = calls * per_token
-        else:
-            self.ar_fixed_s = 0.0
-            self.ar_per_token_s = 0.0
-        self.fixed_s = c.step_overhead_s + self.ar_fixed_s
-        self.per_seq_s = c.per_seq_overhead_s
-        # the coefficients of step_seconds, in its order (the decode window's loops take them)
-        self.terms: tuple[float, float, float, float, float, float, float] = (
-            self.flop_per_token_s, self.flop_per_attn_s, self.weight_s, self.kv_per_token_s,
-            self.fixed_s, self.ar_per_token_s, self.per_seq_s,
+            calls = 2 * layers
+            latency = c.allreduce_latency_s + c.allreduce_latency_per_gpu_s * (tp - 2)
+            self.gpu_fixed_s += calls * latency
+            self.per_token_s += calls * ring * m.hidden_size * m.dtype_bytes / link
+        self.terms: Terms = (
+            self.flop_per_token_s, self.knee_s, self.weight_s,
+            self.head_per_seq_s, self.head_knee_s, self.head_weight_s,
+            self.flop_per_attn_s, self.kv_per_token_s, self.per_token_s, self.gpu_fixed_s,
+            layers * c.launch_per_layer_s, layers * c.eager_launch_per_layer_s, c.cuda_graph_max_tokens,
+            c.step_overhead_s, c.per_seq_overhead_s,
         )
 
     def step_time(self, tokens: int, attn: int, kv: int, seqs: int) -> float:
@@ -59,17 +90,35 @@ class CostModel:
         return step_seconds(self.terms, tokens, attn, kv, seqs)
 
 
-def step_seconds(
-    terms: tuple[float, float, float, float, float, float, float], tokens: int, attn: int, kv: int,
-    seqs: int,
-) -> float:
-    """The roofline step time from :attr:`CostModel.terms`: per token, per attention pair,
-    weights, per KV token, fixed, all-reduce per token and per sequence, in seconds. The
-    compiled window loop (``simcore/_native.pyx``) repeats these operations in this order."""
-    fpt, fpa, weight, kvt, fixed, ar, per_seq = terms
-    compute = tokens * fpt + attn * fpa
-    memory = weight + kv * kvt
-    return (compute if compute > memory else memory) + fixed + (ar * tokens + per_seq * seqs)
+def step_seconds(terms: Terms, tokens: int, attn: int, kv: int, seqs: int) -> float:
+    """The step time from :attr:`CostModel.terms` (see the module notes for each term). The
+    compiled window loop (``simcore._native.decode_steps``) repeats these operations in this
+    order, so both give the same bits."""
+    (fpt, knee, weight, hps, hknee, hweight, fpa, kvt, tok, gpu_fixed,
+     graph, eager, graph_max, fixed, per_seq) = terms
+    body = tokens * fpt + knee
+    if body < weight:
+        body = weight
+    head = seqs * hps + hknee
+    if head < hweight:
+        head = hweight
+    gpu = body + head + attn * fpa + kv * kvt + tokens * tok + gpu_fixed
+    launch = graph if tokens <= graph_max else eager
+    if gpu < launch:
+        gpu = launch
+    return fixed + seqs * per_seq + gpu
+
+
+def elementwise_bytes_per_token(cfg: SimConfig) -> float:
+    """HBM bytes one token moves per GPU through the layers' elementwise kernels: two fused
+    residual-add + RMSNorm (read x and residual, write both: 8 x hidden, on every GPU), rotary
+    embedding (read and write q and k) and SiLU-and-multiply (read 2 x ffn, write ffn), the last
+    two split over the tensor-parallel GPUs."""
+    m, tp = cfg.model, cfg.engine.tensor_parallel
+    q = m.num_attention_heads * m.head_dim
+    kv = m.num_kv_heads * m.head_dim
+    split = 2 * (q + kv) + 3 * m.ffn_size
+    return m.num_layers * (8 * m.hidden_size + split / tp) * m.dtype_bytes
 
 
 def kv_bytes_per_token_per_gpu(cfg: SimConfig) -> float:

@@ -3,6 +3,16 @@
 Timing rule (both scheduler modes): a request that arrives at or before the end of a step is
 seen by the next step's schedule. The engine enforces it by letting every event due at the
 current time run before it schedules (``_settle``).
+
+Front-end latency (``engine.cost.frontend_latency_s``, d): the API server's path outside the
+engine (HTTP, tokenising, the hop to the engine core and the first token's way back). Every
+request pays the same d, which is the same as the request reaching the engine d after it was
+sent: the engine's dynamics do not change, every client-visible time moves by d. So the engine
+runs on arrival times, a client's completion event fires d later (before its think time), and
+:meth:`Engine.run` adds d to every first-token and finish time at the end. The first token's
+streaming lag (``first_token_lag_steps``, k) is client-side too: the client sees its first
+text k of the request's own mean decode steps after the engine produced it (never after the
+finish), which moves TTFT only.
 """
 
 from __future__ import annotations
@@ -71,6 +81,7 @@ class Engine:
         self._max_requests = run.num_requests if run.num_requests is not None else math.inf
         self._stop_s = run.duration_s if run.duration_s is not None else math.inf
         self._warmup_s = run.warmup_s
+        self._frontend_s = e.cost.frontend_latency_s
         # a request of at most this many tokens (prompt + output) always fits: context and cache
         self._fits_tokens = min(cfg.model.max_context, (self.pool.usable_blocks * e.block_size) + 1)
         self.env.process(self._loop())
@@ -96,7 +107,7 @@ class Engine:
                       profile=profile, arrival_s=now, warmup=now < self._warmup_s)
         self.records.append(req.record)
         req.done = Completion(self.env)
-        req.then_wait_s = then_wait_s
+        req.then_wait_s = then_wait_s + self._frontend_s
         self.counters.events += 1
         reason = self._never_fits(req)
         if reason:
@@ -156,3 +167,19 @@ class Engine:
         for rec in self.records:
             if rec.status == "pending":
                 raise RuntimeError(f"request {rec.request_id} never finished: engine bug")
+        self._client_times()
+
+    def _client_times(self) -> None:
+        """Move first-token and finish times to what the client sees (see the module notes)."""
+        d = self._frontend_s
+        k = self.cfg.engine.cost.first_token_lag_steps
+        if not d and not k:
+            return
+        for rec in self.records:
+            if rec.status != "completed":
+                continue
+            if k and rec.output_tokens > 1:
+                step = (rec.finish_s - rec.first_token_s) / (rec.output_tokens - 1)
+                rec.first_token_s = min(rec.first_token_s + k * step, rec.finish_s)
+            rec.first_token_s += d
+            rec.finish_s += d

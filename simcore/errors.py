@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 # Discriminator tags pydantic inserts into error locations; not part of the user's key path.
-_UNION_TAGS = {"chat", "poisson", "api", "mix", "trace", "constant", "uniform", "lognormal",
+_UNION_TAGS = {"chat", "poisson", "api", "mix", "trace", "shared_prefix", "constant", "uniform", "lognormal",
                "exponential", "geometric", "choice", "function-after[_check_clip(), constant]"}
 
 

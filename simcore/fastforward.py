@@ -37,7 +37,7 @@ from operator import itemgetter
 from typing import TypeAlias
 
 from simcore import native
-from simcore.costmodel import chunk_terms, step_seconds
+from simcore.costmodel import Terms, chunk_terms, step_seconds
 from simcore.kvcache import blocks_for
 from simcore.request import Request
 from simcore.scheduler import Scheduler
@@ -307,8 +307,7 @@ class FastScheduler(Scheduler):
 
 def decode_steps(
     now: float, horizon: float, r: int, first: int, last: int, attn: int, used: int,
-    phase: list[list[Member]], terms: tuple[float, float, float, float, float, float, float],
-    acc: tuple[float, float, float, int],
+    phase: list[list[Member]], terms: Terms, acc: tuple[float, float, float, int],
 ) -> tuple[float, int, float, float, float, float, int]:
     """The decode window's step loop (its compiled twin is ``simcore._native.decode_steps``).
 

@@ -31,6 +31,7 @@ from simcore.config import (
     MixWorkload,
     PoissonWorkload,
     Profile,
+    SharedPrefixWorkload,
     SimConfig,
     TraceWorkload,
 )
@@ -167,6 +168,8 @@ class Workload:
         w = self.cfg.workload
         if isinstance(w, TraceWorkload):
             env.process(self._trace(engine, w))
+        elif isinstance(w, SharedPrefixWorkload):
+            env.process(self._shared_prefix(engine, w))
         elif isinstance(w, ChatWorkload) or (isinstance(w, MixWorkload) and w.users is not None):
             users = w.users
             assert users is not None
@@ -282,3 +285,49 @@ class Workload:
             out = max(1, tr.output_tokens)
             seq.append(out_ids.next(), out)
             engine.submit(seq, prompt, out, session_id=-1, turn=0, profile=0)
+
+    def _shared_prefix(self, engine: Engine, w: SharedPrefixWorkload) -> Generator[Any, Any, None]:
+        """Staged constant-rate load over a fixed cycle of shared-prefix prompts (see
+        :class:`SharedPrefixWorkload`). System prompt g is content ``g`` (as profile 0's system
+        prompts), question p is ``QUESTION_BASE + p``; replies get fresh ids."""
+        rng = _rng(self.seed, 4)
+        count = w.groups * w.prompts_per_group
+        order = rng.permutation(count).tolist()
+        arrivals = stage_arrivals(w, rng)
+        protos: dict[int, TokenSeq] = {}
+        out_ids = _Ids(0)
+        env = engine.env
+        for i, at in enumerate(arrivals):
+            if at > env.now:
+                yield engine.timeout(at - env.now)
+            if not engine.may_submit():
+                return
+            p = order[i % count]
+            proto = None if self.session_caching else protos.get(p)
+            if proto is None:
+                proto = TokenSeq(self.block_size, -(i + 2) if self.session_caching else 0)
+                if w.system_prompt_tokens:
+                    proto.append(p // w.prompts_per_group, w.system_prompt_tokens)
+                proto.append(QUESTION_BASE + p, w.question_tokens)
+                if not self.session_caching:
+                    proto.ensure_hashes(proto.num_tokens)
+                    protos[p] = proto
+            seq = proto.copy()
+            seq.append(out_ids.next(), w.output_tokens)
+            engine.submit(seq, proto.num_tokens, w.output_tokens, session_id=-1, turn=0, profile=0)
+
+
+QUESTION_BASE = 1 << 40  # content ids of shared-prefix questions (clear of reply ids, < 2**33)
+
+
+def stage_arrivals(w: SharedPrefixWorkload, rng: np.random.Generator) -> list[float]:
+    """Arrival times: per stage, int(rate x duration) exponential gaps rescaled to fill it."""
+    times: list[float] = []
+    start = 0.0
+    for stage in w.stages:
+        n = int(stage.rate * stage.duration_s)
+        if n:
+            gaps = rng.exponential(1.0, n)
+            times += (start + np.cumsum(gaps * (stage.duration_s / gaps.sum()))).tolist()
+        start += stage.duration_s
+    return times

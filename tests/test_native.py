@@ -196,10 +196,11 @@ def test_native_hash_table_under_load_matches_reference(seed):
 @pytest.mark.skipif(NATIVE is None, reason="compiled module not built")
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 300), st.integers(0, 10**7), st.integers(0, 50), st.integers(0, 5000),
-       st.lists(st.floats(1e-12, 1e-2), min_size=7, max_size=7), st.sampled_from([1, 4, 16]),
+       st.lists(st.floats(1e-12, 1e-2), min_size=14, max_size=14), st.sampled_from([1, 4, 16]),
        st.floats(0.0, 5.0), st.data())
-def test_native_decode_steps_match_python_bit_for_bit(r, attn, first, used, terms, bs, now, data):
-    """The window's step loop: same end time, same counters, to the last bit (no FMA)."""
+def test_native_decode_steps_match_python_bit_for_bit(r, attn, first, used, coefs, bs, now, data):
+    """The window's step loop: same end time, same counters, to the last bit (no FMA), on
+    both sides of every max() in the step time and of the CUDA-graph threshold."""
     from simcore._native import decode_steps as c_steps
     from simcore.fastforward import decode_steps as py_steps
 
@@ -208,7 +209,9 @@ def test_native_decode_steps_match_python_bit_for_bit(r, attn, first, used, term
     phase = [[(0, None)] * data.draw(st.integers(0, 3)) for _ in range(bs)]
     acc = (data.draw(st.floats(0, 100)), data.draw(st.floats(0, 100)), data.draw(st.floats(0, 1e6)),
            data.draw(st.integers(0, 10**5)))
-    args = (now, horizon, r, first, last, attn, used, phase, tuple(terms), acc)
+    graph_max = data.draw(st.integers(0, 600))
+    terms = (*coefs[:12], graph_max, *coefs[12:])
+    args = (now, horizon, r, first, last, attn, used, phase, terms, acc)
     assert c_steps(*args) == py_steps(*args)
 
 

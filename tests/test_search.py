@@ -316,7 +316,7 @@ def run_search(tmp_path: Path, spec: dict[str, Any], out: Path, *extra: str) -> 
 
 
 def test_search_finds_the_dense_grid_boundary_with_fewer_runs(tmp_path: Path, capsys: Capture) -> None:
-    high = 40
+    high = 64
     table = run_search(tmp_path, search_spec(high=high), tmp_path / "search")
     search_runs = len(analysis.load(tmp_path / "search", columns=["run_id"]))
     dense = grid_spec(list(range(1, high + 1)))
@@ -342,9 +342,10 @@ def test_search_finds_the_dense_grid_boundary_with_fewer_runs(tmp_path: Path, ca
     print(f"\ncapacity search: {search_runs} runs; dense grid: {len(grid)} runs")
     for (_, s), (_, g) in zip(table.iterrows(), from_grid.iterrows(), strict=True):
         print(f"  {s['engine.prefix_caching']}: search {s['boundary']} users, grid {g['boundary']} users")
-        assert s["boundary"] == g["boundary"] and s["first_fail"] == g["first_fail"]
-        assert s["bracketed"] and 1 < s["boundary"] < high
-    assert search_runs < len(grid) / 2
+        assert s["boundary"] == g["boundary"] and s["bracketed"] == g["bracketed"]
+        assert s["first_fail"] == g["first_fail"] or (pd.isna(s["first_fail"]) and pd.isna(g["first_fail"]))
+    assert table["bracketed"].any()  # at least one boundary inside the range: the comparison means something
+    assert search_runs < len(grid) / 3
     assert table["runs"].sum() == search_runs
     # the probes are ordinary rows of runs/ with every column a grid run has
     probes = analysis.load(tmp_path / "search")
