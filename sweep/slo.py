@@ -119,6 +119,14 @@ class Slo:
             raise ConfigError(f"{where} is empty: give e.g. {{ttft_p99_s: 1.0}}")
         return cls(tuple(limits))
 
+    def same_as(self, other: Slo) -> bool:
+        """The same limits, ``<`` and ``<=`` taken alike (they differ only on a tie)."""
+
+        def key(slo: Slo) -> set[tuple[str, str, float]]:
+            return {(lim.metric, lim.op[0], lim.value) for lim in slo.limits}
+
+        return key(self) == key(other)
+
     @property
     def metrics(self) -> list[str]:
         return list(dict.fromkeys(limit.metric for limit in self.limits))

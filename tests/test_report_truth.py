@@ -285,6 +285,8 @@ def test_report_of_a_capacity_search(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert stored is not None
     off = int(stored.set_index("engine.prefix_caching").loc["off", "boundary"])
     assert f"{off} users without caching" in text and "found by the capacity search (capacity/)" in text
+    assert main(["report", str(out), "--slo", "ttft_p99_s<0.2"]) == 0  # < and <= differ only on a tie
+    assert "found by the capacity search (capacity/)" in text_of((out / "report" / "index.html").read_text())
     # another SLO: read off the probe runs, said so
     assert main(["report", str(out), "--slo", "ttft_p99_s<0.1"]) == 0
     assert "read off the search's probe runs" in text_of((out / "report" / "index.html").read_text())

@@ -166,6 +166,10 @@ def test_slo_text_forms_and_per_request_thresholds() -> None:
         "e2e_s": 20.0,
         "ttft_s": 2.0,
     }
+    assert slo.same_as(Slo.parse("tpot_p99_s<0.05, ttft_p99_s<=0.5"))
+    assert not slo.same_as(Slo.parse("ttft_p99_s<0.5")) and not slo.same_as(
+        Slo.parse("ttft_p99_s>0.5,tpot_p99_s<0.05")
+    )
     with pytest.raises(ConfigError, match="did you mean ttft_p99_s"):
         Slo.parse("ttft_p99_z<1")
     with pytest.raises(ConfigError, match="write METRIC<VALUE"):

@@ -62,7 +62,7 @@ def capacities(
     if stored is not None and not stored.empty:
         searched = Slo.parse(str(stored["slo"].iloc[0]))
         axis, goal = str(stored["axis"].iloc[0]), str(stored["goal"].iloc[0])
-        if slo is None or slo.text() == searched.text():
+        if slo is None or slo.same_as(searched):
             return [Capacity(stored, axis, goal, "search", searched)]
         return [_from_grid(df, axis, goal, slo, "probes")]
     if slo is None:

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from sweep.report.cells import HELP_THRESHOLD
-from sweep.report.fmt import LABELS, gain, label, listing, num, pct, sort_values, times
+from sweep.report.fmt import LABELS, UNITS, gain, label, listing, num, pct, sort_values, times, with_unit
 from sweep.report.roles import Y_CANDIDATES
 
 Tick = Callable[[Any], str]
@@ -34,7 +34,9 @@ class Finding:
 def cell_name(row: pd.Series, x: str | None, y: str | None, tick: Tick) -> str:
     """``64 concurrent users at 80 GiB``."""
     bits = []
-    if x:
+    if x in UNITS:
+        bits.append(with_unit(x, row[x]))
+    elif x:
         bits.append(f"{num(row[x])} {label(x)}" if x in LABELS else f"{label(x)} {num(row[x])}")
     if y:
         bits.append(tick(row[y]).split("\n")[0] if y in Y_CANDIDATES else f"{label(y)} {num(row[y])}")
@@ -56,7 +58,10 @@ def cells_text(
     groups = []
     for ys, xvs in by_ys.items():
         xs_text = listing([num(v) for v in xvs])
-        who = f"{xs_text} {label(x)}" if x in LABELS else f"{label(x)} {xs_text}"
+        if x in UNITS:
+            who = xs_text + UNITS[x]
+        else:
+            who = f"{xs_text} {label(x)}" if x in LABELS else f"{label(x)} {xs_text}"
         if len(every) > 1 and set(ys) == set(every):
             where = f"every {label(y).split(' (')[0]}"
         else:

@@ -99,17 +99,18 @@ def times(value: float | None) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:.2f}x"
 
 
+#: Units of axes whose values read best with them (``40 GiB``); users keep their plain label.
+UNITS: dict[str, str] = {
+    "gpu.memory_gib": " GiB",
+    "engine.kv_budget_gib": " GiB",
+    "workload.request_rate": " requests/s",
+    "workload.session_rate": " sessions/s",
+}
+
+
 def with_unit(col: str, value: Any) -> str:
     """``48 users``, ``40 GiB``, ``2.5 requests/s``: a value of an axis with its unit."""
-    text = num(value)
-    units = {
-        "workload.users": " users",
-        "gpu.memory_gib": " GiB",
-        "engine.kv_budget_gib": " GiB",
-        "workload.request_rate": " requests/s",
-        "workload.session_rate": " sessions/s",
-    }
-    return text + units.get(col, "")
+    return num(value) + {**UNITS, "workload.users": " users"}.get(col, "")
 
 
 def slug(text: str) -> str:
