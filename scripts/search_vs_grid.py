@@ -5,8 +5,13 @@ grid of every user count it could have probed, reads the grid's boundary the sam
 (``sweep.capacity.capacity_rows``: the most users before the first that fails the SLO, every
 seed meeting it) and prints both boundaries and both run counts::
 
-    .venv/bin/python scripts/search_vs_grid.py                       # Llama-3.1-8B, H100 at 40 GiB
-    .venv/bin/python scripts/search_vs_grid.py --high 64 --executor serial --duration 120
+    .venv/bin/python scripts/search_vs_grid.py        # Llama-3.1-8B, H100 at 40 GiB: ~3 min on 2 cores
+    .venv/bin/python scripts/search_vs_grid.py --high 64 --executor serial --duration 600
+
+Measured on the 2-core machine (1800 s runs, one seed, TTFT p99 <= 1 s): the search found 66 users
+without caching and 92 with prefix caching in 28 runs (12 s); the dense grid of users 1..128
+found the same in 256 runs (160 s), with no inversion. With 300 s runs the grid has inversions
+near the boundary (the p99 of a short run is noisy) and the two readings differ by a few users.
 
 Both sweeps go through ``kvsweep run`` (on one embedded Ray, started here, unless ``--executor
 serial``) into a temporary folder (``--keep DIR`` keeps them). The search assumes the SLO verdict
@@ -67,7 +72,7 @@ def main() -> None:
     parser.add_argument("--slo", default="ttft_p99_s<=1", help="SLO (default ttft_p99_s<=1)")
     parser.add_argument("--high", type=int, default=128, help="users searched: 1 .. HIGH (default 128)")
     parser.add_argument(
-        "--duration", type=float, default=300.0, help="simulated seconds per run (default 300)"
+        "--duration", type=float, default=1800.0, help="simulated seconds per run (default 1800)"
     )
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--executor", choices=("ray", "serial"), default="ray")
