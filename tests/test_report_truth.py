@@ -24,8 +24,10 @@ from sweep.report.heatmaps import Marks, Panel
 
 try:  # tests/ is a plain folder (pytest puts it on sys.path) or a package
     from test_analysis import write_dataset
+    from test_report import cell
 except ImportError:  # pragma: no cover
     from tests.test_analysis import write_dataset
+    from tests.test_report import cell
 
 # Columns of the steady-state simulator; passed as extra columns while this simulator lacks them.
 STEADY: dict[str, pa.DataType] = {
@@ -49,24 +51,8 @@ def run(
     **more: Any,
 ) -> dict[str, Any]:
     reason = {"steady": "", "transient": "too few measured requests", "overloaded": OVERLOADED}[state]
-    return {
-        "model.name": "Llama-3.1-8B",
-        "engine.prefix_caching": caching,
-        "workload.users": users,
-        "gpu.memory_gib": mem,
-        "seed": seed,
-        "ttft_p99_s": ttft,
-        "ttft_p50_s": ttft / 2,
-        "throughput_rps": thr,
-        "output_tokens_per_s": thr * 100,
-        "prefill_tokens_computed": 1000,
-        "prefix_hit_rate": 0.0 if caching == "off" else 0.6,
-        "kv_capacity_tokens": int(mem * 1000),
-        "steady": state == "steady",
-        "steady_reason": reason,
-        "measured_s": 600.0,
-        **more,
-    }
+    row = cell("Llama-3.1-8B", caching, users, mem, seed, ttft, thr, hit=0.6)
+    return {**row, "steady": state == "steady", "steady_reason": reason, "measured_s": 600.0, **more}
 
 
 def overload_rows() -> list[dict[str, Any]]:
@@ -290,3 +276,22 @@ def test_report_of_a_capacity_search(tmp_path: Path, capsys: pytest.CaptureFixtu
     # another SLO: read off the probe runs, said so
     assert main(["report", str(out), "--slo", "ttft_p99_s<0.1"]) == 0
     assert "read off the search's probe runs" in text_of((out / "report" / "index.html").read_text())
+
+
+def test_no_data_runs_are_counted_and_listed(tmp_path: Path) -> None:
+    rows = overload_rows()
+    for r in rows:
+        if r["workload.users"] == 16 and r["gpu.memory_gib"] == 80.0 and r["engine.prefix_caching"] == "off":
+            r.update(
+                status="no_data",
+                error="no measured request: the run ended inside its warm-up",
+                ttft_p99_s=None,
+                throughput_rps=None,
+            )
+    page = report.write_report(write_dataset(tmp_path / "d", rows, extra_axes=EXTRA)).read_text()
+    text = text_of(page)
+    assert "32 runs (30 ok, 0 infeasible, 0 failed, 2 no data)" in text
+    failures = page[page.index('id="failures"') : page.index('id="data"')]
+    assert "<td>no_data</td>" in failures and "the run ended inside its warm-up" in failures
+    assert "1 of 8 cells lack an ok run with or without caching (no data)" in text
+    assert "7 cells measured with and without caching" in text
