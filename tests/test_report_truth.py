@@ -237,6 +237,7 @@ def test_report_states_capacity_at_the_slo_off_a_grid(tmp_path: Path) -> None:
     assert "16 users (the next grid value, 32 users, fails: ttft_p99_s 1 (limit < 1))" in text
     assert "<th>goodput there (req/s)</th>" in page and "<td>12.8</td>" in page  # 32 users x 0.4
     assert "Red line: the SLO, TTFT p99 < 1 s." in text
+    assert "<th>goodput off / on (req/s)</th>" in page and "<td>12.8 / 12.8</td>" in page  # 32 users
     table = pd.read_csv(out / "report" / "capacity-workload-users.csv")
     assert table.set_index("engine.prefix_caching")["boundary"].to_dict() == {"off": 16, "prefix": 32}
 

@@ -87,7 +87,8 @@ def caching_cells(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     ``state``/``state_base``, ``run_length_s``/``run_length_s_base``, ``ttft_p99_speedup``
     (null where either is overloaded), ``throughput_gain``, ``helps``, ``verdict``."""
     keys = list(keys)
-    cmp = analysis.compare(df, CACHING_AXIS, BASELINE, metrics=COMPARE_METRICS, by=keys)
+    goodput = ("goodput_rps",) if "goodput_rps" in df and df["goodput_rps"].notna().any() else ()
+    cmp = analysis.compare(df, CACHING_AXIS, BASELINE, metrics=[*COMPARE_METRICS, *goodput], by=keys)
     states = cell_states(df, [*keys, CACHING_AXIS])
     base = states[states[CACHING_AXIS] == BASELINE].drop(columns=CACHING_AXIS)
     base = base.rename(

@@ -49,6 +49,10 @@ def cells_table(sub: pd.DataFrame, x: str | None, y: str | None) -> str:
     table["throughput off (req/s)"] = sub["throughput_rps_base"].map(num)
     table["throughput on (req/s)"] = sub["throughput_rps"].map(num)
     table["throughput gain"] = sub["throughput_gain"].map(pct)
+    if "goodput_rps" in sub:  # requests/s that met the runs' per-request SLO
+        table["goodput off / on (req/s)"] = [
+            f"{num(a)} / {num(b)}" for a, b in zip(sub["goodput_rps_base"], sub["goodput_rps"], strict=True)
+        ]
     table["prefill computed"] = sub["prefill_tokens_computed_ratio"].map(
         lambda v: "-" if not np.isfinite(v) else f"{v * 100:.0f}% of off"
     )
