@@ -15,7 +15,7 @@ Per block id ``b`` (index 0 is the null block) one ``Blk`` struct: reference cou
 (a 64-bit block hash, see hashing.py) and whether it holds one, LRU links while it is a cached free
 block. The hash -> block map is an open-addressing table over C arrays.
 
-Free queue, head to tail: unhashed stack (last pushed first) | never-used ids | LRU list.
+Free queue, head to tail: unhashed stack (top first) | never-used ids | LRU list.
 """
 
 from libc.stdint cimport int32_t, int64_t, uint64_t
@@ -521,10 +521,12 @@ cdef class CBlockPool:
         return 0
 
     def free(self, block_ids):
-        """Drop one reference on each block of a request, deepest (last) block first."""
+        """Drop one reference on each block of a request, deepest (last) block first;
+        ``BlockPool.free``'s order: hashed ones to the LRU tail, unhashed ones to the head as
+        one group in walk order (the stack segment this call pushed is reversed at the end)."""
         cdef array.array a = _i64(block_ids)
         cdef int64_t* p = <int64_t*>a.data.as_longlongs
-        cdef Py_ssize_t i, b
+        cdef Py_ssize_t i, b, lo = self.n_stack, hi
         cdef int32_t c
         for i in range(len(a) - 1, -1, -1):
             if i >= _AHEAD:
@@ -541,6 +543,13 @@ cdef class CBlockPool:
                 raise RuntimeError(f"block {b} freed more often than it was taken")
             else:
                 self.blk[b].ref = c
+        hi = self.n_stack - 1
+        while lo < hi:
+            b = self.stack[lo]
+            self.stack[lo] = self.stack[hi]
+            self.stack[hi] = b
+            lo += 1
+            hi -= 1
 
     def check_invariants(self):
         """Raise if the pool's bookkeeping is inconsistent (for tests)."""

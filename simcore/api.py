@@ -1,11 +1,13 @@
 """``simulate(cfg) -> RunResult``: the one entry point of a simulation.
 
 Pure: the result depends only on ``cfg`` (wall time and event counts aside). Raises only on
-bugs; a configuration whose model does not fit the GPU is a result with status ``infeasible``.
+bugs; a server vLLM would refuse to start (or whose model does not fit the GPU) is a result with
+status ``infeasible``, and a run that measured no request one with status ``no_data``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,16 +15,21 @@ from typing import Any
 from simcore.config import SimConfig
 from simcore.costmodel import kv_capacity_blocks
 from simcore.engine import Engine
-from simcore.metrics import empty_summary, summarize
+from simcore.feasibility import config_refusal, memory_refusal
+from simcore.metrics import empty_summary, no_data_reason, summarize
+from simcore.steady import STEADY_STOPS, Setting
 from simcore.workload import Workload
+
+STATUSES = ("ok", "no_data", "infeasible")  # what simulate() returns; a sweep adds "failed"
 
 
 @dataclass
 class RunResult:
     """``summary`` has every key of ``metrics.SUMMARY_FIELDS``; ``requests`` one dict per request
-    (keys of ``metrics.REQUEST_FIELDS``) when ``cfg.run.record_requests``."""
+    (keys of ``metrics.REQUEST_FIELDS``) when ``cfg.run.record_requests``. ``error`` holds the
+    reason of an ``infeasible`` or ``no_data`` run."""
 
-    status: str  # "ok" | "infeasible"
+    status: str  # one of STATUSES
     summary: dict[str, Any]
     error: str | None = None
     requests: list[dict[str, Any]] | None = field(default=None, repr=False)
@@ -32,7 +39,11 @@ def simulate(cfg: SimConfig, wall_limit_s: float | None = None) -> RunResult:
     """Run one simulation. ``wall_limit_s`` bounds its wall-clock time: past it the run raises
     :class:`simcore.engine.SimulationTimeout` (checked every few hundred engine iterations)."""
     t0 = time.perf_counter()
-    num_blocks, reason = kv_capacity_blocks(cfg)
+    reason = config_refusal(cfg)
+    if reason is None:
+        num_blocks, reason = kv_capacity_blocks(cfg)
+    if reason is None:
+        reason = memory_refusal(cfg, num_blocks)
     if reason is not None:
         return RunResult("infeasible", empty_summary(), error=reason)
     engine = Engine(cfg, num_blocks, wall_limit_s)
@@ -41,10 +52,21 @@ def simulate(cfg: SimConfig, wall_limit_s: float | None = None) -> RunResult:
     summary = summarize(
         engine.records,
         engine.counters,
+        Setting.of(cfg),
+        stop_s=engine.stop_s,
+        stop_reason=engine.stop_reason or "workload ended",
+        cache_full_s=engine.scheduler.cache_full_s,
         capacity_blocks=num_blocks - 1,
         block_size=cfg.engine.block_size,
-        warmup_s=cfg.run.warmup_s,
         wall_s=time.perf_counter() - t0,
+        # a run the steady check stopped reports what the check saw (see steady.py)
+        known_at=engine.stop_s if engine.stop_reason in STEADY_STOPS else math.inf,
     )
+    warmup_end = summary["warmup_end_s"]
+    for rec in engine.records:
+        rec.warmup = rec.arrival_s < warmup_end
     rows = [r.as_row() for r in engine.records] if cfg.run.record_requests else None
+    if not summary["num_measured"]:
+        reason = no_data_reason(engine.records, summary, engine.stop_s)
+        return RunResult("no_data", summary, error=reason, requests=rows)
     return RunResult("ok", summary, requests=rows)

@@ -10,13 +10,14 @@ and reusing it evicts that hash::
     head                                                           tail
     [ unhashed freed blocks | never-used blocks 1,2,3.. | hashed freed blocks, LRU -> MRU ]
       (stack: last freed      (a counter: never               (OrderedDict: O(1) append,
-       is reused first)        materialised, so N may           pop-front and removal from
-                               be huge or infinite)             the middle when a hit touches it)
+       group is reused         materialised, so N may           pop-front and removal from
+       first)                  be huge or infinite)             the middle when a hit touches it)
 
 Rules (vLLM v1, ``v1/core/block_pool.py``): ``allocate`` takes from the head; ``touch`` (a
 prefix hit) increments the count and takes a free cached block out of the queue; ``free`` walks
-a request's blocks deepest-first and puts blocks that reach count 0 at the head if unhashed and
-at the tail if hashed, so the tail of a chain is evicted before its root. Several blocks can hold
+a request's blocks deepest-first and puts blocks that reach count 0 at the tail if hashed (so
+the tail of a chain is evicted before its root) and at the head if unhashed, those as one group
+in walk order (freeing unhashed [1, 2, 3] leaves the head reading 3, 2, 1). Several blocks can hold
 one hash (two requests computed the same content at once); lookups return the first cached.
 
 "No room" is a return value (``allocate`` returns ``None``); misuse (freeing a free block,
@@ -235,11 +236,17 @@ class BlockPool:
             self.cache_block(b, h)
 
     def free(self, block_ids: Sequence[int]) -> None:
-        """Drop one reference on each block of a request, deepest (last) block first."""
+        """Drop one reference on each block of a request, deepest (last) block first.
+
+        Blocks that reach count 0 go back in that walk order: hashed ones appended to the
+        tail, unhashed ones put at the head as one group (vLLM's ``free_blocks`` on the
+        reversed table), so after freeing unhashed [1, 2, 3] the head reads 3, 2, 1.
+        """
         rc = self.ref_cnt
         bh = self.block_hash
         cached = self._cached_free
         unhashed = self._unhashed_free
+        start = len(unhashed)
         for b in reversed(block_ids):
             c = rc[b] - 1
             rc[b] = c
@@ -251,6 +258,8 @@ class BlockPool:
             elif c < 0:
                 rc[b] = 0
                 raise RuntimeError(f"block {b} freed more often than it was taken")
+        if len(unhashed) - start > 1:  # the stack's top is the head: the group goes on reversed
+            unhashed[start:] = unhashed[start:][::-1]
 
     def check_invariants(self) -> None:
         """Raise if the pool's bookkeeping is inconsistent (for tests)."""

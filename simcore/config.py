@@ -8,7 +8,7 @@ or inline with every field. Derived values (KV bytes per token, weight bytes) ar
 from __future__ import annotations
 
 import difflib
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -203,10 +203,13 @@ class CostParams(BaseModel):
     )
 
 
-    @field_validator("profile")
+    @model_validator(mode="before")
     @classmethod
-    def _known_profile(cls, value: str) -> str:
-        catalog.load_profile(value)  # raises ValueError naming the known profiles
+    def _known_profile(cls, value: Any) -> Any:
+        # values resolved from a profile carry every field: the profile is then only a label
+        # (a resolved config read back on another machine need not find the profile's file)
+        if isinstance(value, dict) and "profile" in value and not all(f in value for f in COST_FIELDS):
+            catalog.load_profile(value["profile"])  # raises ValueError naming the known profiles
         return value
 
 
@@ -221,6 +224,10 @@ class EngineConfig(BaseModel):
     block_size: PositiveInt = 16
     max_num_seqs: PositiveInt = 256
     max_num_batched_tokens: PositiveInt = 8192
+    max_model_len: PositiveInt | None = Field(
+        default=None, description="vLLM's --max-model-len: longest request (prompt + output) served;"
+        " default the model's context. The KV cache must hold one request of this length"
+    )
     prefix_caching: Literal["off", "session", "prefix"] = "prefix"
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     activation_reserve_gib: NonNegativeFloat = Field(default=2.0, description="per GPU, not for KV")
@@ -287,12 +294,16 @@ class ChatWorkload(Profile):
     kind: Literal["chat"] = "chat"
     users: PositiveInt = Field(default=64, le=1_000_000, description="concurrent users (SimPy processes)")
 
+    # whether arrivals come regardless of completions (so they can outrun the server)
+    open_loop: ClassVar[bool] = False
+
 
 class PoissonWorkload(Profile):
     """Open loop: sessions start as a Poisson process of ``session_rate`` per second."""
 
     kind: Literal["poisson"] = "poisson"
     session_rate: PositiveFloat = 1.0
+    open_loop: ClassVar[bool] = True  # arrivals come regardless of completions
 
 
 class ApiWorkload(BaseModel):
@@ -301,6 +312,7 @@ class ApiWorkload(BaseModel):
     model_config = _FROZEN
     kind: Literal["api"] = "api"
     request_rate: PositiveFloat = 1.0
+    open_loop: ClassVar[bool] = True  # arrivals come regardless of completions
     system_prompts: PositiveInt = 8
     system_prompt_tokens: Dist = Constant(value=0)
     prompt_tokens: Dist = LogNormal(mean=500)
@@ -335,6 +347,10 @@ class MixWorkload(BaseModel):
     session_rate: PositiveFloat | None = None
     profiles: list[WeightedProfile] = Field(min_length=1)
 
+    @property
+    def open_loop(self) -> bool:
+        return self.session_rate is not None
+
     @model_validator(mode="after")
     def _one_arrival(self) -> MixWorkload:
         if (self.users is None) == (self.session_rate is None):
@@ -352,6 +368,7 @@ class TraceWorkload(BaseModel):
     time_scale: PositiveFloat = Field(default=1.0, description="multiply trace timestamps by this")
     limit: PositiveInt | None = Field(default=None, description="use only the first N requests")
     trace_block_tokens: PositiveInt = Field(default=512, description="tokens per Mooncake hash id")
+    open_loop: ClassVar[bool] = True  # arrivals come regardless of completions
 
 
 class LoadStage(BaseModel):
@@ -382,6 +399,7 @@ class SharedPrefixWorkload(BaseModel):
     question_tokens: PositiveInt = 447
     output_tokens: PositiveInt = 248
     stages: list[LoadStage] = Field(min_length=1)
+    open_loop: ClassVar[bool] = True  # arrivals come regardless of completions
 
     @property
     def num_requests(self) -> int:
@@ -395,17 +413,69 @@ Workload = Annotated[
 ]
 
 
+DEFAULT_MAX_REQUESTS = 100_000  # the maximum of a run that gives neither num_requests nor duration_s
+CI_METRICS = {  # run.steady.metrics -> the summary column whose 95% CI (``<column>_ci95_run``) counts
+    "ttft_mean": "ttft_mean_s",
+    "ttft_p99": "ttft_p99_s",
+    "tpot_mean": "tpot_mean_s",
+    "throughput": "throughput_rps",
+}
+
+
+class SteadyTarget(BaseModel):
+    """When ``run.until: steady`` stops a run: once the run is steady (see ``metrics.py``) and
+    every listed metric's within-run 95% confidence interval is narrower than ``ci_rel`` of its
+    value, on either side."""
+
+    model_config = _FROZEN
+    ci_rel: float = Field(default=0.1, gt=0, lt=1, description="95% CI half-width / value, at most")
+    metrics: tuple[Literal["ttft_mean", "ttft_p99", "tpot_mean", "throughput"], ...] = Field(
+        default=("ttft_mean", "ttft_p99", "throughput"), min_length=1
+    )
+
+
+class SloConfig(BaseModel):
+    """A per-request service-level objective: a request meets it when it meets every threshold
+    given (seconds). Gives the summary columns ``slo_attainment`` and ``goodput_rps``."""
+
+    model_config = _FROZEN
+    ttft_s: PositiveFloat | None = Field(default=None, description="time to first token, at most")
+    tpot_s: PositiveFloat | None = Field(default=None, description="time per output token, at most")
+    e2e_s: PositiveFloat | None = Field(default=None, description="end-to-end latency, at most")
+
+    @model_validator(mode="after")
+    def _some_threshold(self) -> SloConfig:
+        if self.ttft_s is None and self.tpot_s is None and self.e2e_s is None:
+            raise ValueError("give at least one of ttft_s, tpot_s, e2e_s (or drop slo)")
+        return self
+
+
 class RunConfig(BaseModel):
-    """How long to run and what to record. Arrivals stop at ``num_requests`` submitted or at
-    ``duration_s``, whichever comes first; requests in flight then drain to completion."""
+    """How long to run and what to record.
+
+    ``until: limits`` (the default when ``num_requests`` or ``duration_s`` is given, and for a
+    trace or shared-prefix workload, which ends by itself): arrivals stop at ``num_requests``
+    submitted or at ``duration_s``, whichever comes first (or when the workload ends). ``until:
+    steady`` (the default otherwise): arrivals stop once the run is steady with every CI of
+    ``steady`` met, or overloaded beyond doubt; ``num_requests`` and ``duration_s`` are then
+    maxima, and with neither the maximum is ``DEFAULT_MAX_REQUESTS`` requests. Either way the
+    requests in flight then drain to completion, and the summary's ``stop_reason`` says what
+    stopped the arrivals (see :attr:`SimConfig.until_steady`).
+    """
 
     model_config = _FROZEN
     seed: int = Field(default=0, ge=0, lt=2**63)
-    num_requests: PositiveInt | None = Field(default=2000, le=10**9)
+    num_requests: PositiveInt | None = Field(default=None, le=10**9)
     duration_s: PositiveFloat | None = None
-    warmup_s: NonNegativeFloat = Field(
-        default=0.0, description="requests arriving earlier are left out of latency figures"
+    until: Literal["limits", "steady"] | None = Field(
+        default=None, description="limits: run to num_requests / duration_s; steady: stop when steady"
     )
+    steady: SteadyTarget = SteadyTarget()
+    warmup_s: NonNegativeFloat | None = Field(
+        default=None, description="requests arriving earlier are left out of the measured figures;"
+        " default: found from the run's own data (MSER-5)"
+    )
+    slo: SloConfig | None = None
     record_requests: bool = False
     mode: Literal["fast", "reference"] = Field(
         default="fast", description="fast: closed-form decode runs; reference: one engine step at a time"
@@ -413,9 +483,14 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _some_end(self) -> RunConfig:
-        if self.num_requests is None and self.duration_s is None:
-            raise ValueError("give num_requests or duration_s (or both) so the run ends")
+        if self.until == "limits" and self.num_requests is None and self.duration_s is None:
+            raise ValueError("until: limits needs num_requests or duration_s (or use until: steady)")
         return self
+
+    @property
+    def limited(self) -> bool:
+        """Whether a request count or a duration is given."""
+        return self.num_requests is not None or self.duration_s is not None
 
 
 class SimConfig(BaseModel):
@@ -432,6 +507,27 @@ class SimConfig(BaseModel):
     engine: EngineConfig = EngineConfig()
     workload: Workload = ChatWorkload()
     run: RunConfig = RunConfig()
+
+    @property
+    def until_steady(self) -> bool:
+        """Whether arrivals stop once the run is steady: ``run.until``, else by default when no
+        limit is given and the workload does not end by itself (see :class:`RunConfig`)."""
+        if self.run.until is not None:
+            return self.run.until == "steady"
+        return not self.run.limited and not isinstance(self.workload, (TraceWorkload, SharedPrefixWorkload))
+
+    @property
+    def max_requests(self) -> int | None:
+        """Most requests the run submits (None: no count limit)."""
+        if self.until_steady and not self.run.limited:
+            return DEFAULT_MAX_REQUESTS
+        return self.run.num_requests
+
+    @property
+    def max_model_len(self) -> int:
+        """Longest request the server accepts, in tokens (``engine.max_model_len`` or the
+        model's context)."""
+        return self.engine.max_model_len or self.model.max_context
 
     @field_validator("workload", mode="before")
     @classmethod

@@ -68,15 +68,18 @@ class CostModel:
         self.flop_per_attn_s = 4.0 * layers * m.num_attention_heads * m.head_dim / tp / attn_flops
         kv_bw = g.hbm_bandwidth * c.kv_bandwidth_efficiency
         self.kv_per_token_s = kv_bytes_per_token_per_gpu(cfg) / kv_bw
-        self.per_token_s = elementwise_bytes_per_token(cfg) / (g.hbm_bandwidth * c.elementwise_efficiency)
-        self.gpu_fixed_s = layers * c.layer_overhead_s
+        elem_bw = g.hbm_bandwidth * c.elementwise_efficiency
+        self.elementwise_per_token_s = elementwise_bytes_per_token(cfg) / elem_bw
+        self.allreduce_s = 0.0
+        self.allreduce_per_token_s = 0.0
         if tp > 1:
             ring = 2.0 * (tp - 1) / tp
             link = g.interconnect_bandwidth * c.interconnect_efficiency
             calls = 2 * layers
-            latency = c.allreduce_latency_s + c.allreduce_latency_per_gpu_s * (tp - 2)
-            self.gpu_fixed_s += calls * latency
-            self.per_token_s += calls * ring * m.hidden_size * m.dtype_bytes / link
+            self.allreduce_s = calls * (c.allreduce_latency_s + c.allreduce_latency_per_gpu_s * (tp - 2))
+            self.allreduce_per_token_s = calls * ring * m.hidden_size * m.dtype_bytes / link
+        self.per_token_s = self.elementwise_per_token_s + self.allreduce_per_token_s
+        self.gpu_fixed_s = layers * c.layer_overhead_s + self.allreduce_s
         self.terms: Terms = (
             self.flop_per_token_s, self.knee_s, self.weight_s,
             self.head_per_seq_s, self.head_knee_s, self.head_weight_s,

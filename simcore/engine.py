@@ -33,6 +33,11 @@ from simcore.kvcache import KVCacheManager, blocks_for
 from simcore.metrics import Counters, RequestRecord
 from simcore.request import Request
 from simcore.scheduler import Scheduler
+from simcore.steady import SteadyMonitor
+
+STEADY_FIRST_CHECK = 200  # completions before until: steady first checks the run
+STEADY_CHECK_GROWTH = 1.1  # ... then each time the completions grow by this factor
+STEADY_MIN_STEP = 100  # ... and by at least this many
 
 
 class SimulationTimeout(RuntimeError):
@@ -78,18 +83,39 @@ class Engine:
         self.records: list[RequestRecord] = []
         self._wake: simpy.Event | None = None
         run = cfg.run
-        self._max_requests = run.num_requests if run.num_requests is not None else math.inf
+        self._max_requests = cfg.max_requests if cfg.max_requests is not None else math.inf
         self._stop_s = run.duration_s if run.duration_s is not None else math.inf
-        self._warmup_s = run.warmup_s
+        # when arrivals stopped and why (see stop_s); None while the run accepts them
+        self.stop_reason: str | None = None
+        self._stopped_at: float | None = None
+        # until: steady checks the run after this many completions (see _check_steady)
+        self._monitor = SteadyMonitor(cfg) if cfg.until_steady else None
+        self._completed = 0
+        self._next_check: float = STEADY_FIRST_CHECK if self._monitor is not None else math.inf
         self._frontend_s = e.cost.frontend_latency_s
-        # a request of at most this many tokens (prompt + output) always fits: context and cache
-        self._fits_tokens = min(cfg.model.max_context, (self.pool.usable_blocks * e.block_size) + 1)
+        # a request of at most this many tokens (prompt + output) always fits: max_model_len and cache
+        self._fits_tokens = min(cfg.max_model_len, (self.pool.usable_blocks * e.block_size) + 1)
         self.env.process(self._loop())
 
     # ---- used by workloads -----------------------------------------------------------------
     def may_submit(self) -> bool:
-        """Whether the run still accepts arrivals (request count and duration not reached)."""
-        return len(self.records) < self._max_requests and self.env.now < self._stop_s
+        """Whether the run still accepts arrivals (request count, duration and the steady check)."""
+        if self.stop_reason is None:
+            if len(self.records) < self._max_requests and self.env.now < self._stop_s:
+                return True
+            if len(self.records) >= self._max_requests:
+                self.stop_reason = "num_requests"
+            else:
+                self.stop_reason, self._stopped_at = "duration_s", self._stop_s
+        return False
+
+    @property
+    def stop_s(self) -> float:
+        """When the run stopped accepting arrivals: the duration, the steady check's time, else
+        the last arrival (its request count reached, or its workload ended)."""
+        if self._stopped_at is not None:
+            return self._stopped_at
+        return self.records[-1].arrival_s if self.records else 0.0
 
     def timeout(self, delay: float) -> simpy.Timeout:
         self.counters.events += 1
@@ -104,7 +130,7 @@ class Engine:
         fails (value False)."""
         now = self.env.now
         req = Request(seq, prompt, output, rid=len(self.records), session_id=session_id, turn=turn,
-                      profile=profile, arrival_s=now, warmup=now < self._warmup_s)
+                      profile=profile, arrival_s=now)
         self.records.append(req.record)
         req.done = Completion(self.env)
         req.then_wait_s = then_wait_s + self._frontend_s
@@ -126,9 +152,10 @@ class Engine:
         """Why ``req`` can never run (too long for the context or the whole cache), or ""."""
         if req.prompt_len + req.output_len <= self._fits_tokens:  # the bound both checks imply
             return ""
-        ctx = self.cfg.model.max_context
+        ctx = self.cfg.max_model_len
         if req.prompt_len + req.output_len > ctx:
-            return f"prompt {req.prompt_len} + output {req.output_len} tokens exceed the model context {ctx}"
+            return (f"prompt {req.prompt_len} + output {req.output_len} tokens exceed max_model_len {ctx}"
+                    " (vLLM rejects the request)")
         need = blocks_for(req.max_kv_tokens, self.kv.block_size)
         if need > self.pool.usable_blocks:
             return f"needs {need} KV blocks but the cache holds {int(self.pool.usable_blocks)}"
@@ -158,8 +185,32 @@ class Engine:
             end, finished = sched.advance(now, env.peek())
             for req in finished:
                 req.done.fire_after(req.completion_delay(now), True)
+            self._completed += len(finished)
+            if self._completed >= self._next_check:
+                self._check_steady(finished)
             self.counters.events += 1
             yield env.timeout(end - now)
+
+    def _check_steady(self, finished: list[Request]) -> None:
+        """``until: steady``: check the run at each ``_next_check``-th completion, in completion
+        order, with what is known at that completion's finish time; stop the arrivals there when
+        it is steady (or overloaded beyond doubt).
+
+        Fast mode learns of several steps' completions at once, ahead of the clock; the check's
+        data stop at the completion's finish time, and no arrival falls between the start of
+        the step that finished it and the moment the check runs (in either mode), so both modes
+        take the same decisions at the same times. Checks come after ``STEADY_FIRST_CHECK``
+        completions, then each time the count grows by ``STEADY_CHECK_GROWTH``: each costs
+        O(requests so far), all together a small multiple of the run's requests."""
+        assert self._monitor is not None
+        before = self._completed - len(finished)
+        while self.stop_reason is None and self._completed >= self._next_check:
+            at = finished[int(self._next_check) - before - 1].record.finish_s  # a whole count
+            self._next_check = max(self._next_check + STEADY_MIN_STEP,
+                                   math.ceil(self._next_check * STEADY_CHECK_GROWTH))
+            verdict = self._monitor.check(self.records, at, self.scheduler.cache_full_s)
+            if verdict is not None:
+                self.stop_reason, self._stopped_at = verdict, at
 
     def run(self) -> None:
         self.env.run()
@@ -176,10 +227,18 @@ class Engine:
         if not d and not k:
             return
         for rec in self.records:
-            if rec.status != "completed":
-                continue
-            if k and rec.output_tokens > 1:
-                step = (rec.finish_s - rec.first_token_s) / (rec.output_tokens - 1)
-                rec.first_token_s = min(rec.first_token_s + k * step, rec.finish_s)
-            rec.first_token_s += d
-            rec.finish_s += d
+            if rec.status == "completed":
+                rec.first_token_s, rec.finish_s = client_times(
+                    rec.first_token_s, rec.finish_s, rec.output_tokens, d, k
+                )
+
+
+def client_times(first_s: float, finish_s: float, output_tokens: int, frontend_s: float, lag_steps: float
+                 ) -> tuple[float, float]:
+    """(first token, finish) as the client sees them, from the engine's: the first token comes
+    ``lag_steps`` of the request's own mean decode steps later (never after the finish), and
+    both ``frontend_s`` later still."""
+    if lag_steps and output_tokens > 1:
+        step = (finish_s - first_s) / (output_tokens - 1)
+        first_s = min(first_s + lag_steps * step, finish_s)
+    return first_s + frontend_s, finish_s + frontend_s

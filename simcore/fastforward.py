@@ -90,7 +90,6 @@ class FastScheduler(Scheduler):
         steps = at_step - req.d0
         req.num_computed = req.c0 + steps
         req.num_generated = req.g0 + steps
-        req.computed_total += steps
         req.epoch += 1
         self._phase[(req.c0 - req.d0) % self.block_size].remove(req.member)
         req.member = None

@@ -1,17 +1,35 @@
 """The only place metrics are computed: per-request records + engine counters -> one summary row.
 
-Units: seconds and tokens. Latency figures exclude warm-up requests (arrival < ``warmup_s``) and
-failed requests. TTFT counts from arrival (queueing included). Hit rate = tokens hit / tokens
-queried, both recorded once, at a request's first admission (re-admissions after preemption are
-not counted again, as in vLLM).
+Units: seconds and tokens. TTFT counts from arrival (queueing included); TPOT is (finish - first
+token) / (output tokens - 1); queueing is arrival to first admission. Hit rate = tokens hit /
+tokens queried, both recorded once, at a request's first admission (re-admissions after
+preemption are not counted again, as in vLLM); ``prefill_reduction`` = prompt tokens served from
+cache / prompt tokens, the same figure by that definition; tokens computed again after a
+preemption are ``recomputed_tokens``, never prefill.
+
+Which requests count: a run's warm-up, its measured window, the ``steady`` verdict and the
+within-run confidence intervals (``*_ci95_run``) are defined in ``steady.py``. In short, the
+window runs from the end of the warm-up (``warmup_end_s``, by ``warmup_rule``) to when arrivals
+stopped (``stop_reason``), ``measured_s`` long.
+
+- Whole run: num_requests, num_completed, num_failed, sim_duration_s, stop_reason, preemptions,
+  evictions, kv_capacity_*, kv_peak_*, kv_mean_util, mean_batch_size, engine_busy_fraction,
+  num_steps, sim_events, sim_wall_s.
+- Measured window (requests that arrived in it): num_measured, latency statistics and their
+  CIs, prefix_hit_rate, hit_request_share, prefill_tokens_*, prefill_reduction,
+  recomputed_tokens, slo_attainment; (completions inside it, per second of it): throughput_rps,
+  output_tokens_per_s, goodput_rps, capacity_rps.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-import numpy as np
+from simcore.config import CI_METRICS
+from simcore.steady import CI_SUFFIX, Setting, columns, ratio, series, window, window_figures
 
 # name -> Parquet-friendly type ("int", "float", "str", "bool"); the order is the column order.
 REQUEST_FIELDS: dict[str, str] = {
@@ -27,6 +45,7 @@ REQUEST_FIELDS: dict[str, str] = {
     "cached_tokens": "int",
     "output_tokens": "int",
     "prefill_computed_tokens": "int",
+    "recomputed_tokens": "int",
     "preemptions": "int",
     "warmup": "bool",
     "status": "str",
@@ -42,14 +61,25 @@ SUMMARY_FIELDS: dict[str, str] = {
     "num_failed": "int",
     "num_measured": "int",
     "sim_duration_s": "float",
+    "stop_reason": "str",
+    "warmup_rule": "str",
+    "warmup_end_s": "float",
+    "measured_s": "float",
+    "steady": "bool",
+    "steady_reason": "str",
+    "capacity_rps": "float",
     "throughput_rps": "float",
     "output_tokens_per_s": "float",
     **{f"{lat}_{stat}_s": "float" for lat in _LATENCIES for stat in _STATS},
+    **{f"{col}{CI_SUFFIX}": "float" for col in CI_METRICS.values()},
+    "slo_attainment": "float",
+    "goodput_rps": "float",
     "prefix_hit_rate": "float",
     "hit_request_share": "float",
     "prefill_tokens_total": "int",
     "prefill_tokens_computed": "int",
     "prefill_reduction": "float",
+    "recomputed_tokens": "int",
     "preemptions": "int",
     "evictions": "int",
     "kv_capacity_blocks": "int",
@@ -63,7 +93,6 @@ SUMMARY_FIELDS: dict[str, str] = {
     "sim_events": "int",
     "sim_wall_s": "float",
 }
-
 
 @dataclass(slots=True)
 class Counters:
@@ -94,7 +123,8 @@ class RequestRecord:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
-    prefill_computed_tokens: int = 0
+    prefill_computed_tokens: int = 0  # prompt tokens computed at first admission (not cache hits)
+    recomputed_tokens: int = 0  # tokens computed again after preemption
     preemptions: int = 0
     warmup: bool = False
     status: str = "pending"
@@ -107,79 +137,76 @@ class RequestRecord:
 assert [f.name for f in fields(RequestRecord)] == list(REQUEST_FIELDS), "keep REQUEST_FIELDS in step"
 
 
-def _stats(prefix: str, values: np.ndarray) -> dict[str, float | None]:
-    if values.size == 0:
-        return {f"{prefix}_{s}_s": None for s in _STATS}
-    p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    return {
-        f"{prefix}_mean_s": float(values.mean()),
-        f"{prefix}_p50_s": float(p50),
-        f"{prefix}_p90_s": float(p90),
-        f"{prefix}_p99_s": float(p99),
-    }
-
-
-def _ratio(num: float, den: float) -> float | None:
-    return float(num / den) if den > 0 else None
-
 
 def summarize(
     records: list[RequestRecord],
     counters: Counters,
+    setting: Setting,
     *,
+    stop_s: float,
+    stop_reason: str,
+    cache_full_s: float | None,
     capacity_blocks: int,
     block_size: int,
-    warmup_s: float,
     wall_s: float,
+    known_at: float = math.inf,
 ) -> dict[str, Any]:
-    """One flat row with every key of :data:`SUMMARY_FIELDS`."""
-    done = [r for r in records if r.status == "completed"]
-    measured = [r for r in done if not r.warmup]
+    """One flat row with every key of :data:`SUMMARY_FIELDS` (see the module docstring).
+    ``stop_s``: when arrivals stopped; ``cache_full_s``: when the KV cache first filled;
+    ``known_at``: measure only what was known then (``steady.py``: a run the steady check
+    stopped reports what the check saw)."""
+    s = series(columns(records), known_at)
+    w = window(s, stop_s, setting.warmup_s, cache_full_s)
+    m = w.measured
     end = max((r.finish_s for r in records if r.finish_s >= 0), default=0.0)
-    arrival = np.array([r.arrival_s for r in measured])
-    first = np.array([r.first_token_s for r in measured])
-    finish = np.array([r.finish_s for r in measured])
-    out_tok = np.array([r.output_tokens for r in measured], dtype=np.int64)
-    decode_n = np.maximum(out_tok - 1, 0)
-    has_decode = decode_n > 0
-    tpot = (finish[has_decode] - first[has_decode]) / decode_n[has_decode]
-    window = end - warmup_s
-    in_window = [r for r in done if r.finish_s >= warmup_s]
-    prompt_total = sum(r.prompt_tokens for r in measured)
-    computed = sum(r.prefill_computed_tokens for r in measured)
-    hits = sum(r.cached_tokens for r in measured)
+    prompt_total = int(s.prompt[m].sum())
+    hits = int(s.cached[m].sum())
     row: dict[str, Any] = {
         "num_requests": len(records),
-        "num_completed": len(done),
-        "num_failed": sum(1 for r in records if r.status == "failed"),
-        "num_measured": len(measured),
+        "num_completed": sum(r.status == "completed" for r in records),
+        "num_failed": int(s.failed.sum()),
+        "num_measured": int(m.sum()),
         "sim_duration_s": end,
-        "throughput_rps": _ratio(len(in_window), window),
-        "output_tokens_per_s": _ratio(sum(r.output_tokens for r in in_window), window),
-        **_stats("ttft", first - arrival),
-        **_stats("tpot", tpot),
-        **_stats("e2e", finish - arrival),
-        **_stats("queue", np.array([r.admitted_s - r.arrival_s for r in measured])),
-        "prefix_hit_rate": _ratio(hits, prompt_total),
-        "hit_request_share": _ratio(sum(1 for r in measured if r.cached_tokens > 0), len(measured)),
+        "stop_reason": stop_reason,
+        "warmup_rule": w.rule,
+        "warmup_end_s": w.start,
+        "measured_s": max(w.length, 0.0),
+        **window_figures(s, w, setting, cache_full_s),
+        "prefix_hit_rate": ratio(hits, prompt_total),
+        "hit_request_share": ratio(int((s.cached[m] > 0).sum()), int(m.sum())),
         "prefill_tokens_total": prompt_total,
-        "prefill_tokens_computed": computed,
-        "prefill_reduction": _ratio(prompt_total - computed, prompt_total),
+        "prefill_tokens_computed": prompt_total - hits,
+        "prefill_reduction": ratio(hits, prompt_total),
+        "recomputed_tokens": int(s.recomputed[m].sum()),
         "preemptions": counters.preemptions,
         "evictions": counters.evictions,
         "kv_capacity_blocks": capacity_blocks,
         "kv_capacity_tokens": capacity_blocks * block_size,
         "kv_peak_blocks": counters.peak_used_blocks,
-        "kv_peak_util": _ratio(counters.peak_used_blocks, capacity_blocks),
-        "kv_mean_util": _ratio(counters.used_block_s / capacity_blocks, end) if capacity_blocks else None,
-        "mean_batch_size": _ratio(counters.batch_seq_s, counters.busy_s),
-        "engine_busy_fraction": _ratio(counters.busy_s, end),
+        "kv_peak_util": ratio(counters.peak_used_blocks, capacity_blocks),
+        "kv_mean_util": ratio(counters.used_block_s / capacity_blocks, end) if capacity_blocks else None,
+        "mean_batch_size": ratio(counters.batch_seq_s, counters.busy_s),
+        "engine_busy_fraction": ratio(counters.busy_s, end),
         "num_steps": counters.steps,
         "sim_events": counters.events,
         "sim_wall_s": wall_s,
     }
-    assert list(row) == list(SUMMARY_FIELDS)
+    row = {key: row[key] for key in SUMMARY_FIELDS}
+    if not row["num_measured"]:
+        row["steady"], row["steady_reason"] = False, "no measured requests"
     return row
+
+
+def no_data_reason(records: Sequence[RequestRecord], summary: dict[str, Any], stop_s: float) -> str:
+    """Why a run measured nothing (its ``error`` as status ``no_data``)."""
+    if not records:
+        return "no request was submitted: lengthen the run (run.duration_s or run.num_requests)"
+    failed = [r for r in records if r.status == "failed"]
+    if len(failed) == len(records):
+        return f"no request completed: all {len(records)} failed (first: {failed[0].error})"
+    return (f"no request arrived in the measured window: warm-up ends at {summary['warmup_end_s']:.4g} s"
+            f" but arrivals stopped at {stop_s:.4g} s"
+            " (lengthen the run or lower run.warmup_s)")
 
 
 def empty_summary() -> dict[str, Any]:

@@ -21,8 +21,9 @@ class Request:
 
     __slots__ = (
         "rid", "session_id", "turn", "profile", "seq", "prompt_len", "output_len", "record",
-        "num_computed", "num_generated", "blocks", "num_cached_blocks", "computed_total",
+        "num_computed", "num_generated", "blocks", "num_cached_blocks",
         "admitted", "admit_seq", "done", "then_wait_s", "d0", "c0", "g0", "epoch", "member",
+        "admit_computed", "high_water", "recomputed",
     )
 
     def __init__(
@@ -36,7 +37,6 @@ class Request:
         turn: int = 0,
         profile: int = 0,
         arrival_s: float = 0.0,
-        warmup: bool = False,
     ) -> None:
         if prompt_len < 1 or output_len < 1:
             raise ValueError(f"prompt_len={prompt_len}, output_len={output_len}: both must be >= 1")
@@ -51,16 +51,21 @@ class Request:
         self.output_len = output_len
         self.record = RequestRecord(
             request_id=rid, session_id=session_id, turn=turn, profile=profile, arrival_s=arrival_s,
-            prompt_tokens=prompt_len, output_tokens=output_len, warmup=warmup,
+            prompt_tokens=prompt_len, output_tokens=output_len,
         )
         seq.ensure_hashes(prompt_len + output_len - 1)
         self.num_computed = 0
         self.num_generated = 0
         self.blocks: array[int] = array("q")  # block table: 64-bit ids, read in place by C code
         self.num_cached_blocks = 0
-        self.computed_total = 0
         self.admitted = False
         self.admit_seq = -1
+        # recomputation after preemption (see Scheduler._preempt_last): tokens with KV when
+        # last admitted (its cache hit), the most it ever had computed, and the tokens computed
+        # again in earlier admissions
+        self.admit_computed = 0
+        self.high_water = 0
+        self.recomputed = 0
         self.done: Any = None  # set by the engine: an event fired when the request ends
         self.then_wait_s = 0.0  # ... this long after it completes (the client's think time)
         # fast-forward bookkeeping (see fastforward.py): decode state at step d0, and a

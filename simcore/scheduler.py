@@ -46,6 +46,9 @@ class Scheduler:
         self.running: dict[int, Request] = {}  # admit_seq -> request, in admission order
         self.waiting: deque[Request] = deque()
         self._admissions = 0
+        # the first admission after the block pool first evicted (it had filled), or None: the
+        # cache's warm-up lasts at least until then (see metrics.py)
+        self.cache_full_s: float | None = None
 
     def has_work(self) -> bool:
         return bool(self.running or self.waiting)
@@ -103,6 +106,7 @@ class Scheduler:
             if n < 0:
                 break
             waiting.popleft()
+            req.admit_computed = req.num_computed
             req.admit_seq = self._admissions
             self._admissions += 1
             self.running[req.admit_seq] = req
@@ -110,6 +114,8 @@ class Scheduler:
                 req.admitted = True
                 req.record.admitted_s = now
                 req.record.cached_tokens = req.num_computed
+                if self.cache_full_s is None and self.pool.evictions:
+                    self.cache_full_s = now
             out.append((req, n))
             budget -= n
         return out
@@ -118,6 +124,10 @@ class Scheduler:
         """Preempt the most recently admitted running request (recompute later)."""
         _, victim = self.running.popitem()
         self.kv.free(victim)
+        # tokens below its high-water mark computed since this admission were computed again
+        done = victim.num_computed
+        victim.recomputed += max(0, min(done, victim.high_water) - victim.admit_computed)
+        victim.high_water = max(victim.high_water, done)
         victim.num_computed = 0
         victim.record.preemptions += 1
         self.counters.preemptions += 1
@@ -140,7 +150,6 @@ class Scheduler:
     def _complete_chunk(self, req: Request, n: int, end: float) -> bool:
         """Apply a computed chunk at step end; True if the request finished."""
         req.num_computed += n
-        req.computed_total += n
         if req.num_computed < req.num_tokens:
             return False
         req.num_generated += 1
@@ -157,4 +166,6 @@ class Scheduler:
         rec = req.record
         rec.finish_s = end
         rec.status = "completed"
-        rec.prefill_computed_tokens = req.computed_total - (req.output_len - 1)
+        rec.prefill_computed_tokens = req.prompt_len - rec.cached_tokens
+        # it computed every token from this admission's hit up, its high-water mark included
+        rec.recomputed_tokens = req.recomputed + max(0, req.high_water - req.admit_computed)

@@ -11,9 +11,10 @@ A closed-loop user draws each kind of value (turn counts, lengths, think times) 
 (:class:`_Draws`).
 
 Turn k of a session prompts with the whole conversation so far (system prompt, every earlier
-message and reply) plus the new message. A turn that would not fit the model's context ends the
-session; the user starts a new one. Think time follows every turn, and a closed-loop user's first
-session starts after one think time (users ramp up instead of all arriving at time zero).
+message and reply) plus the new message. A turn that would not fit the server's context
+(``max_model_len``) ends the session; the user starts a new one. Think time follows every turn,
+and a closed-loop user's first session starts after one think time (users ramp up instead of
+all arriving at time zero).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class Workload:
         w = cfg.workload
         self.seed = cfg.run.seed
         self.block_size = cfg.engine.block_size
-        self.max_context = cfg.model.max_context
+        self.max_context = cfg.max_model_len  # the server's limit: sessions end before it
         self.session_caching = cfg.engine.prefix_caching == "session"
         self._openings: dict[tuple[int, int], TokenSeq] = {}  # (profile, prompt) -> prototype
         if isinstance(w, (ChatWorkload, PoissonWorkload)):

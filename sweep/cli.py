@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("sweep.cmd_report", "write an HTML report of a sweep's dataset"),
     "query": ("sweep.cmd_report", "run a DuckDB SQL query over a sweep's dataset"),
     "replay": ("sweep.cmd_replay", "cache-only replay of a request trace: hit rate per capacity"),
+    "calibrate": ("sweep.cmd_calibrate", "fit the cost model to measured latencies; write a profile"),
+    "validate": ("sweep.cmd_validate", "compare kvsweep with real vLLM servers and Mooncake's Figure 9"),
 }
 
 DESCRIPTION = """\

@@ -6,11 +6,12 @@ the same command again resumes, after checking every part DIR holds (damaged one
 DIR/_quarantine/ and their runs done again; see :mod:`sweep.store`).
 
 All input is checked before any work: the spec, every run's config, the traces they replay, and
-the number of runs (``--max-runs``). Exit status: 0 when every run of this invocation is ok or
-infeasible; 1 when some failed (their rows hold the error; timeouts start ``timeout:``); 2 for bad
-input or an output location that cannot be written, with nothing run; 3 when writing failed
-mid-sweep (disk full, say): what finished is saved in whole parts, rerun to resume; 130 when
-interrupted.
+the number of runs (``--max-runs``). Exit status: 0 when every run of this invocation is ok,
+infeasible or no_data (a server vLLM would refuse, a run that measured nothing: answers about the
+input, not failures of the tool; no_data runs get a warning line, since their figures are empty);
+1 when some failed (their rows hold the error; timeouts start ``timeout:``); 2 for bad input or
+an output location that cannot be written, with nothing run; 3 when writing failed mid-sweep
+(disk full, say): what finished is saved in whole parts, rerun to resume; 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def _show_out(plan: Plan, out: str, search: bool = False) -> list[int]:
         return []
     counts = Counter(present[rid] for rid in plan.run_ids if rid in present)
     have = sum(counts.values())
-    shown = ", ".join(f"{k} {counts[k]}" for k in ("ok", "infeasible", "failed"))
+    shown = ", ".join(f"{k.replace('_', ' ')} {counts[k]}" for k in ("ok", "no_data", "infeasible", "failed"))
     print(f"in {out}: {have} present ({shown}), {len(plan) - have} to do")
     for path, why in found.damaged:
         print(f"  damaged: {path} ({why}): `kvsweep run` moves it aside and does its runs again")
@@ -416,6 +417,10 @@ def _summary(args: argparse.Namespace, out: str, started: float, progress: Progr
     if stop:
         print("kvsweep run: rerun the same command to resume", file=sys.stderr)
         raise KeyboardInterrupt
+    no_data = progress.counts["no_data"]
+    if no_data:
+        print(f"kvsweep run: warning: {no_data} runs measured no request (status no_data): see their `error`"
+              " column; lengthen those runs or lower run.warmup_s", file=sys.stderr)
     failed = progress.counts["failed"]
     if failed:
         print(f"kvsweep run: {failed} runs failed: see their `error` column; --retry-failed runs them again",

@@ -95,24 +95,25 @@ _LATENCY_ROWS = [
     for name, key in [("TTFT", "ttft"), ("TPOT", "tpot"), ("end-to-end", "e2e"), ("queueing", "queue")]
     for stat in ("mean", "p50", "p90", "p99")
 ]
-# (section, [(label, summary key, kind)]); keys a summary lacks are left out.
+# (section, [(label, summary key, kind)]); a figure with a within-run 95% CI (``<key>_ci95_run``)
+# prints it after the value as ``+- half-width``.
 _SECTIONS: list[tuple[str, list[tuple[str, str, str]]]] = [
     ("requests", [("submitted", "num_requests", "count"), ("completed", "num_completed", "count"),
                   ("failed", "num_failed", "count"), ("measured (after warm-up)", "num_measured", "count"),
-                  ("simulated time (s)", "sim_duration_s", "s"), ("warm-up ends at (s)", "warmup_end_s", "s"),
-                  ("measured window (s)", "measured_s", "s"), ("steady", "steady", "text"),
-                  ("why not steady", "steady_reason", "text")]),
+                  ("simulated time (s)", "sim_duration_s", "s")]),
+    ("steady state", [("arrivals stopped by", "stop_reason", "text"), ("warm-up rule", "warmup_rule", "text"),
+                      ("warm-up ends (s)", "warmup_end_s", "s"), ("measured window (s)", "measured_s", "s"),
+                      ("steady", "steady", "text"), ("capacity (requests/s)", "capacity_rps", "rate")]),
     ("throughput", [("requests/s", "throughput_rps", "rate"),
-                    ("output tokens/s", "output_tokens_per_s", "rate"),
-                    ("SLO attainment", "slo_attainment", "share"),
-                    ("goodput (requests/s)", "goodput_rps", "rate")]),
+                    ("output tokens/s", "output_tokens_per_s", "rate")]),
     ("latency (ms)", _LATENCY_ROWS),
+    ("SLO", [("attainment", "slo_attainment", "share"), ("goodput (requests/s)", "goodput_rps", "rate")]),
     ("prefix cache", [("hit rate (tokens)", "prefix_hit_rate", "share"),
                       ("requests with a hit", "hit_request_share", "share"),
                       ("prefill tokens total", "prefill_tokens_total", "count"),
                       ("prefill tokens computed", "prefill_tokens_computed", "count"),
                       ("prefill reduction", "prefill_reduction", "share"),
-                      ("recomputed tokens", "recomputed_tokens", "count"),
+                      ("recomputed (preemption)", "recomputed_tokens", "count"),
                       ("evictions (blocks)", "evictions", "count")]),
     ("engine", [("KV capacity (tokens)", "kv_capacity_tokens", "count"),
                 ("KV peak use", "kv_peak_util", "share"),
@@ -133,17 +134,18 @@ def render(cfg: SimConfig, result: RunResult) -> str:
     e = cfg.engine
     head = (f"{cfg.model.name} on {cfg.gpu.name} x{e.tensor_parallel}, {cfg.workload.kind} workload, "
             f"prefix caching {e.prefix_caching}, seed {cfg.run.seed}, mode {cfg.run.mode}")
-    if result.status != "ok":
+    if result.status == "infeasible":
         return f"{head}\nstatus: {result.status}: {result.error}"
-    lines = [head]
+    lines = [head] + ([f"status: {result.status}: {result.error}"] if result.status != "ok" else [])
     s = result.summary
     for title, rows in _SECTIONS:
-        shown = [(label, key, kind) for label, key, kind in rows
-                 if key in s and not (key == "steady_reason" and not s[key])]
-        if shown:
-            lines.append(f"\n{title}")
-        for label, key, kind in shown:
-            lines.append(f"  {label:<28} {format_value(s[key], kind):>14}{_ci(s, key, kind)}")
+        if title == "SLO" and cfg.run.slo is None:
+            continue
+        lines.append(f"\n{title}")
+        for label, key, kind in rows:
+            lines.append(f"  {label:<28} {format_value(s.get(key), kind):>14}{_ci(s, key, kind)}")
+            if key == "steady" and s.get("steady_reason"):
+                lines.append(f"    ({s['steady_reason']})")
     return "\n".join(lines)
 
 

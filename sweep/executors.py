@@ -77,7 +77,7 @@ class Task:
 class Result:
     """What a worker sends back for one run."""
 
-    status: str  # ok | infeasible | failed
+    status: str  # ok | no_data | infeasible | failed
     error: str | None
     summary: dict[str, Any]  # every key of simcore.metrics.SUMMARY_FIELDS
     requests: pa.Table | None = None

@@ -9,10 +9,11 @@ Three formats (examples in ``shared/data/measured/``; its README says where each
   ``prompt_tokens``: the mean prompt length the server saw, ``output_tokens``), the load
   ``stages`` (``rate_per_s``, ``duration_s``) and per stage the ``measured`` means ``ttft_ms``
   and ``e2e_ms``. The GPU is the file's or the command line's.
-- **steps** (CSV, as ``splitwise_perf_model.csv``): step times of one model. Columns ``model``,
-  ``hardware``, ``tensor_parallel``, ``prompt_size``, ``batch_size``, ``prompt_time`` (ms: the
+- **steps** (CSV, as ``splitwise_perf_model.csv``): step times of one model. Columns
+  ``tensor_parallel``, ``prompt_size``, ``batch_size``, ``token_size``, ``prompt_time`` (ms: the
   prefill of ``batch_size`` prompts of ``prompt_size`` tokens) and ``token_time`` (ms: one decode
-  step of that batch).
+  step of that batch, averaged over generating ``token_size`` tokens, so at a mean context of
+  ``prompt_size + token_size / 2``); other columns (``model``, ``hardware``) can select rows.
 - **operators** (CSV, as Vidur's ``profiling/compute/<gpu>/<model>/mlp.csv``): per-operator GPU
   times of one transformer layer against ``num_tokens`` and ``num_tensor_parallel_workers``,
   columns ``time_stats.<op>.median`` in ms, and the layer's shape (``n_head``, ``n_kv_head``,
@@ -41,6 +42,7 @@ import pandas as pd
 
 from simcore.config import SimConfig
 from simcore.costmodel import kv_bytes_per_token_per_gpu
+from simcore.engine import client_times
 from simcore.errors import ConfigError
 
 BLOCK_TOKENS = 16  # vLLM's default block size, which the stage experiments ran with
@@ -96,8 +98,9 @@ def _experiment(entry: dict[str, Any], where: str) -> Experiment:
         if i not in measured:
             raise ConfigError(f"{where}: stage {i} has no 'measured' entry (give its ttft_ms and e2e_ms)")
         m = measured[i]
-        stages.append(Stage(float(st["rate_per_s"]), float(st["duration_s"]), float(m["ttft_ms"]),
-                            float(m["e2e_ms"])))
+        stages.append(
+            Stage(float(st["rate_per_s"]), float(st["duration_s"]), float(m["ttft_ms"]), float(m["e2e_ms"]))
+        )
     dims = dict(_need(entry, "model_dims", where))
     sys_tokens = int(_need(entry, "system_prompt_tokens", where))
     prompt = int(round(float(_need(entry, "prompt_tokens", where))))
@@ -105,14 +108,18 @@ def _experiment(entry: dict[str, Any], where: str) -> Experiment:
         raise ConfigError(f"{where}: prompt_tokens {prompt} must exceed system_prompt_tokens {sys_tokens}")
     blocks = entry.get("vllm_total_kv_blocks")
     return Experiment(
-        name=str(_need(entry, "name", where)), model=dims, tp=int(_need(entry, "tp", where)),
+        name=str(_need(entry, "name", where)),
+        model=dims,
+        tp=int(_need(entry, "tp", where)),
         max_num_seqs=int(_need(entry, "max_num_seqs", where)),
         max_num_batched_tokens=int(_need(entry, "max_num_batched_tokens", where)),
         kv_blocks=None if blocks is None else int(blocks),
         groups=int(_need(entry, "prompt_groups", where)),
         prompts_per_group=int(_need(entry, "prompts_per_group", where)),
-        system_prompt_tokens=sys_tokens, prompt_tokens=prompt,
-        output_tokens=int(_need(entry, "output_tokens", where)), stages=tuple(stages),
+        system_prompt_tokens=sys_tokens,
+        prompt_tokens=prompt,
+        output_tokens=int(_need(entry, "output_tokens", where)),
+        stages=tuple(stages),
     )
 
 
@@ -140,27 +147,44 @@ def load_experiments(path: str | Path) -> list[Experiment]:
     return out
 
 
-def experiment_config(exp: Experiment, gpu: str | dict[str, Any], cost: dict[str, Any] | None = None,
-                      *, seed: int = 0, max_stage_s: float | None = None) -> SimConfig:
+def experiment_config(
+    exp: Experiment,
+    gpu: str | dict[str, Any],
+    cost: dict[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    max_stage_s: float | None = None,
+) -> SimConfig:
     """The kvsweep run that rebuilds ``exp`` on ``gpu`` with cost parameters ``cost`` (a
     mapping for ``engine.cost``; None: the GPU's profile). ``max_stage_s`` shortens every stage
     to at most that long (calibration runs)."""
     stages = [{"rate": s.rate, "duration_s": _shortened(s.duration_s, max_stage_s)} for s in exp.stages]
     engine: dict[str, Any] = {
-        "tensor_parallel": exp.tp, "block_size": BLOCK_TOKENS, "max_num_seqs": exp.max_num_seqs,
-        "max_num_batched_tokens": exp.max_num_batched_tokens, "prefix_caching": "prefix",
+        "tensor_parallel": exp.tp,
+        "block_size": BLOCK_TOKENS,
+        "max_num_seqs": exp.max_num_seqs,
+        "max_num_batched_tokens": exp.max_num_batched_tokens,
+        "prefix_caching": "prefix",
     }
     if cost is not None:
         engine["cost"] = cost
     workload = {
-        "kind": "shared_prefix", "groups": exp.groups, "prompts_per_group": exp.prompts_per_group,
+        "kind": "shared_prefix",
+        "groups": exp.groups,
+        "prompts_per_group": exp.prompts_per_group,
         "system_prompt_tokens": exp.system_prompt_tokens,
         "question_tokens": exp.prompt_tokens - exp.system_prompt_tokens,
-        "output_tokens": exp.output_tokens, "stages": stages,
+        "output_tokens": exp.output_tokens,
+        "stages": stages,
     }
     n = sum(int(s["rate"] * s["duration_s"]) for s in stages)
-    raw = {"model": dict(exp.model), "gpu": gpu, "engine": engine, "workload": workload,
-           "run": {"seed": seed, "num_requests": n, "record_requests": True}}
+    raw = {
+        "model": dict(exp.model),
+        "gpu": gpu,
+        "engine": engine,
+        "workload": workload,
+        "run": {"seed": seed, "num_requests": n, "record_requests": True},
+    }
     cfg = SimConfig.model_validate(raw)
     if exp.kv_blocks is None:
         return cfg
@@ -168,8 +192,12 @@ def experiment_config(exp: Experiment, gpu: str | dict[str, Any], cost: dict[str
     per_gpu = kv_bytes_per_token_per_gpu(cfg)
     budget = (exp.kv_blocks + 1.5) * BLOCK_TOKENS * per_gpu * exp.tp / 2**30
     # vLLM sized it from its own memory profile: take it as given (no reserve to subtract)
-    raw["engine"] = {**engine, "kv_budget_gib": budget, "activation_reserve_gib": 0.0,
-                     "gpu_memory_utilization": 1.0}
+    raw["engine"] = {
+        **engine,
+        "kv_budget_gib": budget,
+        "activation_reserve_gib": 0.0,
+        "gpu_memory_utilization": 1.0,
+    }
     return SimConfig.model_validate(raw)
 
 
@@ -187,24 +215,28 @@ class StageResult:
     saturated: bool
 
 
-def stage_means(rows: Sequence[dict[str, Any]], exp: Experiment, max_stage_s: float | None = None
-                ) -> list[StageResult]:
-    """Per stage, means over the completed requests that arrived in it. A stage is
-    *saturated* when its requests' queueing grows: the last quarter's mean TTFT is over 3x the
-    first quarter's and over half a second."""
-    frame = pd.DataFrame.from_records(rows, columns=["arrival_s", "first_token_s", "finish_s", "status"])
-    done = frame[frame["status"] == "completed"]
+def stage_means(rows: Sequence[dict[str, Any]], exp: Experiment, max_stage_s: float | None = None, *,
+                frontend_s: float = 0.0, lag_steps: float = 0.0) -> list[StageResult]:
+    """Per stage, means over the completed requests the stage sent (rows in submission order;
+    stage i sent int(rate x duration) of them). ``frontend_s`` and ``lag_steps`` move engine
+    times to client times as the engine would (:func:`simcore.engine.client_times`): rows
+    simulated without them give exactly what rows simulated with them would, as the workload is
+    open loop. A stage is *saturated* when its requests' queueing grows: the last quarter's mean
+    TTFT is over 3x the first quarter's and over half a second."""
     out = []
-    start = 0.0
+    start = 0
     for s in exp.stages:
-        length = _shortened(s.duration_s, max_stage_s)
-        sub = done[(done["arrival_s"] >= start) & (done["arrival_s"] < start + length)]
-        start += length
-        ttft = (sub["first_token_s"] - sub["arrival_s"]).to_numpy() * 1e3
-        e2e = (sub["finish_s"] - sub["arrival_s"]).to_numpy() * 1e3
-        if ttft.size == 0:
+        count = int(s.rate * _shortened(s.duration_s, max_stage_s))
+        sent = rows[start:start + count]
+        start += count
+        done = [client_times(r["first_token_s"], r["finish_s"], r["output_tokens"], frontend_s, lag_steps)
+                + (r["arrival_s"],) for r in sent if r["status"] == "completed"]
+        if not done:
             out.append(StageResult(float("nan"), float("nan"), float("nan"), True))
             continue
+        first, finish, arrival = (np.array(col) for col in zip(*done, strict=True))
+        ttft = (first - arrival) * 1e3
+        e2e = (finish - arrival) * 1e3
         q = max(ttft.size // 4, 1)
         head, tail = float(np.mean(ttft[:q])), float(np.mean(ttft[-q:]))
         t, e = float(ttft.mean()), float(e2e.mean())
@@ -212,24 +244,39 @@ def stage_means(rows: Sequence[dict[str, Any]], exp: Experiment, max_stage_s: fl
     return out
 
 
-def load_step_times(path: str | Path, model: str | None = None) -> pd.DataFrame:
-    """Read a steps file: one row per (hardware, tensor_parallel, prompt_size, batch_size) with
-    the median ``prompt_time`` and ``token_time`` (ms) over its repeats."""
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """A CSV file, or a ConfigError naming it."""
     p = Path(path)
     try:
-        frame = pd.read_csv(p)
+        return pd.read_csv(p)
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read it ({exc.strerror})") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: not a CSV file ({exc.__class__.__name__})") from None
-    need = ["model", "hardware", "tensor_parallel", "prompt_size", "batch_size", "prompt_time", "token_time"]
-    missing = [c for c in need if c not in frame.columns]
-    if missing:
-        raise ConfigError(f"{p}: missing columns {missing} (see the steps format in sweep/measured.py)")
-    if model is not None:
-        frame = frame[frame["model"] == model]
-    keys = ["model", "hardware", "tensor_parallel", "prompt_size", "batch_size"]
-    return frame.groupby(keys, as_index=False)[["prompt_time", "token_time"]].median()
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not a CSV file ({exc.__class__.__name__}: check the file)") from None
+
+
+def filter_rows(
+    frame: pd.DataFrame, where: dict[str, str], drop: list[dict[str, str]], source: str
+) -> pd.DataFrame:
+    """Rows matching every ``where`` column=value pair, minus those matching all pairs of any
+    ``drop`` entry. Values compare as text, so ``tensor_parallel=2`` matches the number 2."""
+    for conds in [where, *drop]:
+        missing = [c for c in conds if c not in frame.columns]
+        if missing:
+            raise ConfigError(
+                f"{source}: no column {missing[0]!r} to filter on (columns: {', '.join(frame.columns)})"
+            )
+
+    def match(conds: dict[str, str]) -> pd.Series:
+        ok = pd.Series(True, index=frame.index)
+        for col, value in conds.items():
+            ok &= frame[col].astype(str) == value
+        return ok
+
+    keep = match(where)
+    for conds in drop:
+        keep &= ~match(conds)
+    return frame[keep]
 
 
 #: Vidur's linear operators of one layer (the dense matmuls) and its elementwise ones
@@ -242,10 +289,7 @@ def load_operator_profile(path: str | Path) -> pd.DataFrame:
     of one layer's linear operators (``linear_ms``) and elementwise ones (``elementwise_ms``),
     with the layer shape columns."""
     p = Path(path)
-    try:
-        frame = pd.read_csv(p)
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read it ({exc.strerror})") from None
+    frame = read_csv(p)
     cols = [f"time_stats.{op}.median" for op in (*LINEAR_OPS, *ELEMENTWISE_OPS)]
     shape = ["n_head", "n_kv_head", "n_embd", "n_expanded_embd", "num_tokens", "num_tensor_parallel_workers"]
     missing = [c for c in cols + shape if c not in frame.columns]

@@ -1,4 +1,4 @@
-"""Progress of a sweep: done / ok / infeasible / failed, rate and ETA.
+"""Progress of a sweep: done / ok / no data / infeasible / failed, rate and ETA.
 
 On a terminal it is a tqdm bar; elsewhere (CI logs, a cluster job's log) one plain line every
 ``interval_s`` seconds, so logs stay readable; with ``bar=False`` (``--no-progress``) nothing at all.
@@ -55,9 +55,10 @@ class Progress:
 
     def status_text(self) -> str:
         c = self.counts
-        usual = ("ok", "infeasible", "failed")
+        no_data = f", no data {c['no_data']}" if c["no_data"] else ""
+        usual = ("ok", "no_data", "infeasible", "failed")
         others = "".join(f", {k} {n}" for k, n in sorted(c.items()) if k not in usual)
-        return f"ok {c['ok']}, infeasible {c['infeasible']}, failed {c['failed']}{others}"
+        return f"ok {c['ok']}{no_data}, infeasible {c['infeasible']}, failed {c['failed']}{others}"
 
     def update(self, status: str) -> None:
         self.counts[status] += 1

@@ -66,7 +66,7 @@ LEAD_COLUMNS: dict[str, str] = {
     "run_id": "str",
     "sweep": "str",
     "seed": "int",
-    "status": "str",  # ok | infeasible | failed
+    "status": "str",  # ok | no_data | infeasible | failed
     "error": "str",  # null when ok
 }
 # Columns every dataset has whatever its axes, so analysis code can always group by them.
@@ -81,7 +81,7 @@ CONTEXT_COLUMNS: dict[str, str] = {
     "workload.users": "int",
 }
 TAIL_COLUMNS: dict[str, str] = {"kvsweep_version": "str", "config_json": "str"}
-STATUSES = ("ok", "infeasible", "failed")
+STATUSES = ("ok", "no_data", "infeasible", "failed")
 META_FILE = "_kvsweep.json"
 CAPACITY_DIR = "capacity"
 SPEC_FILE = "spec.yaml"

@@ -72,6 +72,27 @@ def test_unhashed_blocks_go_to_the_head_and_are_reused_first(Pool):
     assert pool.allocate_one() == 2
 
 
+def test_freed_unhashed_blocks_go_to_the_head_as_one_group_in_walk_order(Pool):
+    """vLLM frees a table as ``free_blocks(reversed(blocks))`` and prepends the unhashed ones
+    as a group: after freeing [1, 2, 3] the head reads 3, 2, 1 (the deepest is reused first)."""
+    pool = Pool(8)
+    pool.free(pool.allocate(3))
+    assert pool.free_queue() == [3, 2, 1, 4, 5, 6, 7]
+    assert pool.allocate(3) == [3, 2, 1]
+    pool.free([3, 2, 1])
+    assert pool.free_queue()[:3] == [1, 2, 3]
+
+
+def test_a_later_group_goes_before_an_earlier_one_and_hashed_blocks_to_the_tail(Pool):
+    pool = Pool(8)
+    first, second = pool.allocate(2), pool.allocate(4)  # [1, 2], [3, 4, 5, 6]
+    pool.cache_blocks(second[:2], [30, 40])  # 3 and 4 hashed; 5 and 6 not
+    pool.free(first)
+    pool.free(second)
+    assert pool.free_queue() == [6, 5, 2, 1, 7, 4, 3]
+    pool.check_invariants()
+
+
 def test_longest_hit_stops_at_first_miss_and_respects_cap(Pool):
     pool = Pool(10)
     blocks = pool.allocate(4)

@@ -63,3 +63,19 @@ def test_malformed_yaml_and_bad_trace_bytes(tmp_path, capsys):
     trace.write_bytes(b'{"timestamp": 0, "input_length": 10, "output_length": 2, "hash_ids": [0]}\n\xff\n')
     assert main(["simulate", CHAT, "--set", f"workload={{kind: trace, path: {trace}}}"]) == 2
     assert f"{trace}:2: byte 0xff is not UTF-8" in capsys.readouterr().err
+
+
+def test_simulate_shows_the_steady_verdict_and_a_no_data_run(capsys):
+    assert main(["simulate", CHAT, "--set", "run.num_requests=300", "--set", "run.slo={ttft_s: 1}"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"arrivals stopped by +num_requests", text)
+    assert re.search(r"warm-up rule +mser5", text)
+    too_few = r"steady +no\n +\(too few measured requests \(\d+; a verdict needs 320: 5 per user\)"
+    assert re.search(too_few, text)
+    assert re.search(r"TTFT mean +[\d,]+\.\d \+- [\d,]+\.\d\n", text)  # ms, with the run's 95% CI
+    assert re.search(r"requests/s +[\d,]+\.\d\d \+- [\d,]+\.\d\d\n", text)
+    assert re.search(r"SLO\n  attainment +100\.0%\n", text)
+    assert main(["simulate", CHAT, "--set", "run.duration_s=5", "--set", "run.warmup_s=10"]) == 1
+    text = capsys.readouterr().out
+    assert "status: no_data: no request arrived in the measured window: warm-up ends at 10 s" in text
+    assert re.search(r"submitted +\d+", text)  # what the run did is still shown

@@ -16,7 +16,8 @@ from tests.simhelpers import Scripted, run_engine, run_script, small_cfg
 
 def _pressure_cfg(**over) -> SimConfig:
     base = {
-        "engine": {"block_size": 16, "kv_budget_gib": 0.1, "max_num_batched_tokens": 2048},
+        "engine": {"block_size": 16, "kv_budget_gib": 0.1, "max_num_batched_tokens": 2048,
+                   "max_model_len": 2048},
         "workload": {"kind": "chat", "users": 48, "turns": 3, "system_prompt_tokens": 300,
                      "user_tokens": 150, "output_tokens": {"kind": "lognormal", "mean": 300, "max": 900},
                      "think_time_s": 0.5},
@@ -59,11 +60,11 @@ def test_no_leak_with_tensor_parallel_and_failed_requests():
 def test_request_longer_than_context_fails_with_reason():
     cfg = small_cfg(model={"name": "Llama-3.2-1B", "max_context": 64})
     (r,) = run_script(cfg, 1000, [Scripted(0.0, [(1, 60)], output=10)]).records
-    assert r.status == "failed" and "exceed the model context 64" in r.error
+    assert r.status == "failed" and "exceed max_model_len 64 (vLLM rejects the request)" in r.error
 
 
 def test_infeasible_model_is_a_result_not_a_crash():
-    res = simulate(small_cfg(model="Llama-3.1-70B", gpu="A100-40GB"))
+    res = simulate(small_cfg(model="Llama-3.1-70B", gpu="A100-40GB", engine={"block_size": 16}))
     assert res.status == "infeasible"
     assert "weights" in res.error and res.summary["ttft_p50_s"] is None
 
@@ -81,13 +82,14 @@ def test_thousand_concurrent_users_complete():
 
 def test_bigger_model_is_slower_per_step_on_the_same_gpu():
     def model_cfg(name: str) -> SimConfig:
-        return small_cfg(model=name, gpu="H100-SXM-80GB")
+        return small_cfg(model=name, gpu="H100-SXM-80GB", engine={"block_size": 16})
 
     small, big = CostModel(model_cfg("Llama-3.2-1B")), CostModel(model_cfg("Llama-3.1-8B"))
     for tokens, ctx, seqs in [(1, 1000, 1), (64, 64 * 2000, 64), (4096, 4096 * 2048, 2)]:
         assert big.step_time(tokens, ctx, ctx, seqs) > small.step_time(tokens, ctx, ctx, seqs)
     wl = {"kind": "chat", "users": 16}
-    tpot = [simulate(small_cfg(model=m, gpu="H100-SXM-80GB", workload=wl)).summary["tpot_p50_s"]
+    tpot = [simulate(small_cfg(model=m, gpu="H100-SXM-80GB", engine={"block_size": 16},
+                               workload=wl)).summary["tpot_p50_s"]
             for m in ("Llama-3.2-1B", "Llama-3.1-8B")]
     assert tpot[1] > tpot[0]
 
@@ -164,7 +166,8 @@ def test_wall_time_limit_stops_a_runaway_run():
 
     from simcore.engine import SimulationTimeout
 
-    cfg = small_cfg(workload={"kind": "chat", "users": 64}, run={"num_requests": 10**6})
+    cfg = small_cfg(engine={"block_size": 16}, workload={"kind": "chat", "users": 64},
+                    run={"num_requests": 10**6})
     with pytest.raises(SimulationTimeout, match="wall-time limit of 0.2 s"):
         simulate(cfg, wall_limit_s=0.2)
 
@@ -172,7 +175,7 @@ def test_wall_time_limit_stops_a_runaway_run():
 @pytest.mark.timeout(60)  # without the failure back-off this loops forever at one instant
 def test_duration_only_run_with_requests_that_never_fit_still_ends():
     cfg = small_cfg(
-        engine={"block_size": 16, "kv_budget_gib": 0.01},  # 20 blocks: 320 tokens
+        engine={"block_size": 16, "kv_budget_gib": 0.01, "max_model_len": 320},  # 20 blocks: 320 tokens
         workload={"kind": "chat", "users": 3, "system_prompt_tokens": 1000, "think_time_s": 0},
         run={"num_requests": None, "duration_s": 5.0},
     )
@@ -185,6 +188,7 @@ def test_duration_only_run_with_requests_that_never_fit_still_ends():
 def test_absurd_turn_count_is_capped_by_what_the_context_can_hold():
     cfg = small_cfg(
         model={"name": "Llama-3.2-1B", "max_context": 2048},
+        engine={"block_size": 16},
         workload={"kind": "chat", "users": 2, "turns": 10**12, "user_tokens": 50, "output_tokens": 20},
         run={"num_requests": 40, "record_requests": True},
     )
@@ -231,3 +235,20 @@ def test_a_completion_cannot_be_scheduled_in_the_past():
 
     with pytest.raises(ValueError, match="in the past"):
         Completion(simpy.Environment()).fire_after(-0.5, True)
+
+
+@pytest.mark.parametrize(("caching", "recomputed", "cached"), [("off", 8, 0), ("prefix", 4, 0)])
+def test_recomputation_after_preemption_is_counted_apart_from_prefill(caching, recomputed, cached):
+    """Hand-worked: 5 usable blocks of 4 tokens; A and B (8-token prompts, 8 output tokens)
+    prefill together (2 blocks each, one free). Next step A takes the free block for its 9th
+    token and B, needing one too, is preempted after computing its 8 prompt tokens. B comes
+    back once A finishes. Caching off: B computes its 8 prompt tokens again. Prefix caching:
+    B's two full blocks were freed as cached, A's 4th block evicted the deeper one, so B hits
+    1 block on re-admission and recomputes 4 tokens. Either way B's prefill (its prompt less
+    its first-admission hit) stays 8 tokens and the run's prefill reduction is not negative."""
+    cfg = small_cfg(engine={"block_size": 4, "prefix_caching": caching})
+    script = [Scripted(0.0, [(1, 8)], output=8), Scripted(0.0, [(2, 8)], output=8)]
+    a, b = run_script(cfg, 6, script).records
+    assert (a.preemptions, a.recomputed_tokens, a.prefill_computed_tokens) == (0, 0, 8)
+    assert (b.preemptions, b.recomputed_tokens, b.prefill_computed_tokens) == (1, recomputed, 8)
+    assert b.cached_tokens == cached

@@ -12,10 +12,10 @@ CASES = {
                       "workload": {"kind": "chat", "users": 64, "turns": {"kind": "geometric", "mean": 4},
                                    "think_time_s": {"kind": "exponential", "mean": 3.0}},
                       "run": {"num_requests": 800}},
-    "memory-pressure": {"engine": {"block_size": 16, "kv_budget_gib": 0.1},
+    "memory-pressure": {"engine": {"block_size": 16, "kv_budget_gib": 0.1, "max_model_len": 2048},
                         "workload": {"kind": "chat", "users": 40, "turns": 3, "output_tokens": 400},
                         "run": {"num_requests": 300}},
-    "tight-budget": {"engine": {"block_size": 16, "max_num_batched_tokens": 48, "max_num_seqs": 64},
+    "tight-budget": {"engine": {"block_size": 16, "max_num_batched_tokens": 48, "max_num_seqs": 48},
                      "workload": {"kind": "chat", "users": 80, "turns": 2}, "run": {"num_requests": 250}},
     "few-seqs": {"engine": {"block_size": 8, "max_num_seqs": 4},
                  "workload": {"kind": "chat", "users": 12, "turns": 2}, "run": {"num_requests": 120}},
@@ -25,7 +25,16 @@ CASES = {
     "off-api": {"engine": {"prefix_caching": "off"},
                 "workload": {"kind": "api", "request_rate": 20.0, "system_prompt_tokens": 200},
                 "run": {"num_requests": 300}},
-    "mix": {"workload": {"kind": "mix", "users": 30, "profiles": [
+    # until: steady stops the arrivals at a check: both modes must take it at the same completion
+    "until-steady": {"engine": {"block_size": 16},
+                     "workload": {"kind": "chat", "users": 24, "turns": 3, "think_time_s": 0.5},
+                     "run": {"until": "steady", "steady": {"ci_rel": 0.2}, "num_requests": 20_000}},
+    # ... and an open loop it stops as overloaded
+    "until-overloaded": {"engine": {"block_size": 16, "max_num_seqs": 4},
+                         "workload": {"kind": "api", "request_rate": 30.0, "system_prompt_tokens": 0,
+                                      "prompt_tokens": 200, "output_tokens": 100},
+                         "run": {"until": "steady", "num_requests": 50_000}},
+    "mix": {"engine": {"block_size": 8}, "workload": {"kind": "mix", "users": 30, "profiles": [
         {"weight": 3, "turns": 4, "think_time_s": 1.0},
         {"weight": 1, "sessionless": True, "user_tokens": 800, "system_prompts": 2}]},
         "run": {"num_requests": 300}},
@@ -40,19 +49,28 @@ def test_fast_matches_reference(name):
         case["run"] = {**case["run"], "mode": mode, "record_requests": True}
         out[mode] = simulate(small_cfg(**case))
     ref, fast = out["reference"], out["fast"]
-    exact = ["num_completed", "num_failed", "prefix_hit_rate", "hit_request_share", "prefill_tokens_computed",
-             "preemptions", "evictions", "kv_peak_blocks", "num_steps"]
+    exact = [
+        "num_requests", "stop_reason", "steady", "num_completed", "num_failed", "prefix_hit_rate",
+        "hit_request_share", "prefill_tokens_computed", "recomputed_tokens", "preemptions", "evictions",
+        "kv_peak_blocks", "num_steps"
+    ]
     assert {k: ref.summary[k] for k in exact} == {k: fast.summary[k] for k in exact}
-    for key in ("ttft_p99_s", "tpot_p50_s", "kv_mean_util", "mean_batch_size"):
+    for key in ("ttft_p99_s", "tpot_p50_s", "kv_mean_util", "mean_batch_size", "warmup_end_s", "measured_s"):
         assert fast.summary[key] == pytest.approx(ref.summary[key], rel=1e-9, abs=1e-12)
     assert ref.requests is not None and fast.requests is not None
     for a, b in zip(ref.requests, fast.requests, strict=True):
-        assert (a["cached_tokens"], a["preemptions"], a["status"]) == (
-            b["cached_tokens"], b["preemptions"], b["status"])
+        assert (a["cached_tokens"], a["preemptions"], a["recomputed_tokens"], a["status"]) == (
+            b["cached_tokens"], b["preemptions"], b["recomputed_tokens"], b["status"])
         for key in ("arrival_s", "admitted_s", "first_token_s", "finish_s"):
             assert abs(a[key] - b[key]) <= 1e-6, (key, a, b)
+    if name == "until-steady":
+        assert ref.summary["stop_reason"] == "steady" and ref.summary["num_requests"] < 20_000
+    if name == "until-overloaded":
+        assert ref.summary["stop_reason"] == "overloaded" and ref.summary["num_requests"] < 50_000
+        assert fast.summary["capacity_rps"] == pytest.approx(ref.summary["capacity_rps"], rel=1e-9)
     if name == "memory-pressure":
-        assert ref.summary["preemptions"] > 0
+        assert ref.summary["preemptions"] > 0 and ref.summary["recomputed_tokens"] > 0
+        assert ref.summary["prefill_reduction"] >= 0  # recomputation is not prefill
 
 
 @pytest.mark.parametrize("impl", ["native", "pure"])

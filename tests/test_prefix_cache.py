@@ -43,7 +43,7 @@ def test_fully_cached_prompt_still_computes_at_least_one_token(extra, expect_cac
 
 def _chat(mode: str) -> dict:
     cfg = small_cfg(
-        engine__prefix_caching=mode,
+        engine={"prefix_caching": mode, "block_size": 8},
         workload={"kind": "chat", "users": 2, "system_prompts": 1, "system_prompt_tokens": 64,
                   "turns": 2, "user_tokens": 8, "output_tokens": 4, "think_time_s": 1.0},
         run={"num_requests": 4, "record_requests": True},
@@ -60,7 +60,7 @@ def test_modes_off_session_prefix():
     # the second user's first turn reuses the shared 64-token system prompt only in prefix mode
     assert first_turns == [0, 64]
     assert sorted(v for (s, t), v in session.items() if t == 0) == [0, 0]
-    # second turns reuse their own context (64 + 8 + 4 - 1 = 75 KV tokens: 18 full blocks)
+    # second turns reuse their own context (64 + 8 + 4 - 1 = 75 KV tokens: 9 full blocks of 8)
     assert sorted(v for (s, t), v in session.items() if t == 1) == [72, 72]
     assert sorted(v for (s, t), v in prefix.items() if t == 1) == [72, 72]
 
@@ -86,7 +86,7 @@ def test_ten_thousand_token_context_hits_every_full_block():
 def test_requests_without_a_session_share_only_in_prefix_mode():
     def hits(mode: str) -> list[int]:
         cfg = small_cfg(
-            engine__prefix_caching=mode,
+            engine={"prefix_caching": mode, "block_size": 8},
             workload={"kind": "api", "request_rate": 5.0, "system_prompts": 1,
                       "system_prompt_tokens": 32, "prompt_tokens": 20, "output_tokens": 3},
             run={"num_requests": 30, "record_requests": True},

@@ -160,6 +160,32 @@ def test_failed_run_is_a_row_and_retry_failed_reruns_it(
     assert "failed" not in table.column("status").to_pylist()
 
 
+def test_no_data_runs_are_rows_with_their_reason_and_a_warning_not_a_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs whose warm-up outlasts them are stored as no_data (their counts kept, their figures
+    null), reported in the progress counts and a warning line; the exit status stays 0."""
+    path = tmp_path / "short.yaml"
+    path.write_text(
+        "name: short\nbase:\n  model: Llama-3.2-1B\n  gpu: A100-40GB\n"
+        "  workload: {kind: chat, users: 4, turns: 2}\n  run: {duration_s: 20, warmup_s: 10}\n"
+        "grid:\n  run.warmup_s: [10, 30]\n"
+    )
+    out = tmp_path / "ds"
+    assert run(path, out) == 0
+    err = capsys.readouterr().err
+    assert "(ok 1, no data 1, infeasible 0, failed 0)" in err
+    assert "warning: 1 runs measured no request (status no_data)" in err
+    rows = {r["run.warmup_s"]: r for r in read(out).to_pylist()}
+    assert rows[10.0]["status"] == "ok" and rows[10.0]["error"] is None
+    late = rows[30.0]
+    assert late["status"] == "no_data"
+    assert late["error"].startswith("no request arrived in the measured window")
+    assert late["num_requests"] > 0 and late["num_measured"] == 0 and late["ttft_p99_s"] is None
+    assert late["steady"] is False
+    assert Dataset(str(out)).scan(runs_schema({"run.warmup_s": "float"})).present[late["run_id"]] == "no_data"
+
+
 def test_another_spec_in_the_same_out_is_refused(spec: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ds"
@@ -233,7 +259,7 @@ def test_plan_prints_count_axes_and_examples(spec: Path, tmp_path: Path,
     assert "  grid    engine.prefix_caching    2 x  false, prefix" in text
     assert f"= 2 x 2 x 2 x 2 x 2 = {RUNS} runs" in text
     assert "examples (3 of 32):" in text and ids_of(spec)[0] in text
-    assert f"in {out}: 0 present (ok 0, infeasible 0, failed 0), {RUNS} to do" in text
+    assert f"in {out}: 0 present (ok 0, no data 0, infeasible 0, failed 0), {RUNS} to do" in text
 
 
 def test_parse_faults() -> None:

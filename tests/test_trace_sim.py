@@ -60,6 +60,6 @@ def test_fast_and_reference_agree_on_a_trace():
 
 
 def test_missing_trace_is_a_config_error():
-    cfg = small_cfg(workload={"kind": "trace", "path": "/nonexistent/trace.jsonl"})
+    cfg = small_cfg(engine={"block_size": 16}, workload={"kind": "trace", "path": "/nonexistent/trace.jsonl"})
     with pytest.raises(ConfigError, match="no such file"):
         simulate(cfg)

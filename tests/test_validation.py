@@ -1,26 +1,22 @@
 """Fidelity of ``replay``: an independent reference LRU, the infinite-capacity identity, and the
-published Mooncake figures.
+published Mooncake figure.
 
 Published source: Qin et al., "Mooncake: Trading More Storage for Less Computation - A
 KVCache-centric Architecture for Serving LLM Chatbot", USENIX FAST '25, Figure 9 (hit rate vs
-cache capacity in tokens, LRU, infinite-capacity maximum marked). Only the infinite-capacity
-maxima are available as numbers (synthetic 0.658, conversation 0.401: shared/data/README.md;
-Table 2 of the paper gives the same as "cache ratio" 66% and 40%). The finite-capacity points
-of the curve could not be found as text, so they are NOT tested against the paper; the values
-below at finite capacities are this replay's own output, pinned as regression values and
-marked SIMULATED.
+cache capacity in tokens, LRU, infinite-capacity maximum marked), as points read off the
+figure's vector paths (``shared/data/mooncake_fig9.csv``). The synthetic trace's replay must sit
+within 1.5 points of the published curve at every capacity the issue lists; the conversation
+trace has a documented gap (its ids cover input tokens only). The values at finite capacities
+below marked SIMULATED are this replay's own output, pinned as regression values.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
@@ -28,6 +24,7 @@ from hypothesis import strategies as st
 
 from simcore.replay import ReplayResult, replay, replay_hashes, request_block_hashes
 from simcore.traces import TraceRequest, load_trace
+from sweep import validation
 
 ROOT = Path(__file__).parents[1]
 TRACES = ROOT.parent / "shared/data/traces"
@@ -206,7 +203,7 @@ PUBLISHED_MAX = {"synthetic": 0.658, "conversation": 0.401}
 SIMULATED_HIT_TOKENS = {
     "synthetic": {1e5: 1_100_288, 1e6: 9_183_232, 2e6: 14_927_872, 4e6: 23_519_744,
                   1e7: 35_987_968, 5e7: 39_802_880, math.inf: 39_802_880},
-    # (scripts/validate.py also prints 1e5: 6_185_984, 2e6: 12_948_480, 4e6: 26_780_672,
+    # (kvsweep replay also prints 1e5: 6_185_984, 2e6: 12_948_480, 4e6: 26_780_672,
     # 5e7: 53_722_112; three points are enough to pin the conversation curve here)
     "conversation": {1e6: 8_091_136, 1e7: 43_093_504, math.inf: 54_063_104},
 }
@@ -247,30 +244,18 @@ def test_simulated_curve_regression(curves: dict[str, list[ReplayResult]], name:
     assert rates == sorted(rates)  # more capacity never hurts LRU on these traces
 
 
-# ---- the validation page --------------------------------------------------------------------
-def load_validate_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kvsweep_validate", ROOT / "scripts" / "validate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_validate_script_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    validate = load_validate_script()
-    assert set(validate.PUBLISHED) == set(PUBLISHED_MAX)
-    assert all(validate.PUBLISHED[k] == {math.inf: v} for k, v in PUBLISHED_MAX.items())
-    # a stand-in "synthetic" trace: 2 requests sharing one block -> hit rate 512 / 2048 = 0.25
-    (tmp_path / "synthetic_trace.jsonl").write_text(
-        '{"timestamp": 0, "input_length": 1024, "output_length": 1, "hash_ids": [0, 1]}\n'
-        '{"timestamp": 1, "input_length": 1024, "output_length": 1, "hash_ids": [0, 2]}\n')
-    rows = validate.build_rows(tmp_path, ("synthetic",), (512.0, math.inf))
-    assert [(r.capacity_tokens, r.published, r.hit_tokens, r.input_tokens) for r in rows] == [
-        (512.0, None, 512, 2048), (math.inf, 0.658, 512, 2048)]
-    assert rows[1].diff == pytest.approx(0.25 - 0.658)
-    print(validate.format_rows(rows))
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["trace", "capacity_tokens", "published", "simulated", "diff", "within_1.5pt"]
-    assert lines[1].split() == ["synthetic", "512", "-", "0.2500", "-", "-"]
-    assert lines[2].split() == ["synthetic", "inf", "0.658", "0.2500", "-0.4080", "no"]
+# ---- the validation command's Figure 9 table ---------------------------------------------------
+@needs_traces
+def test_synthetic_curve_within_1_5_points_of_figure_9_at_every_listed_capacity() -> None:
+    rows = validation.fig9_rows(TRACES.parent)
+    published = validation.published_fig9(TRACES.parent)
+    synthetic = {r.capacity_tokens: r for r in rows if r.trace == "synthetic"}
+    assert set(synthetic) == {1e5, 1e6, 2e6, 4e6, 1e7, 5e7, math.inf}
+    for cap in (1e5, 1e6, 2e6, 4e6, 1e7, 5e7):
+        row = synthetic[cap]
+        assert row.published == published["synthetic"][cap]  # the figure's own point, not interpolated
+        assert abs(row.diff) <= 0.015, cap
+    assert all(c.held for c in validation.fig9_checks(rows))
+    conversation = [r for r in rows if r.trace == "conversation"]
+    # the documented gap: below the published curve where it rises (replies' KV not in the ids)
+    assert all(r.diff < 0 for r in conversation if r.capacity_tokens >= 4e6)
