@@ -172,7 +172,10 @@ def test_prefix_caching_on_is_refused_with_the_valid_values(
 def test_simulate_prints_numbers_alike(capsys: Capture) -> None:
     assert main(["simulate", CHAT, "--set", "run.num_requests=300"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    rows = {m.group(1): m.group(2) for m in map(re.compile(r"^  (\S.*?)\s{2,}(\S+)$").match, lines) if m}
+    pattern = re.compile(r"^  (\S.*?)\s{2,}(\S+)(?: \+- (\S+))?$")  # label, figure, the run's 95% CI
+    found = [m for m in map(pattern.match, lines) if m]
+    rows = {m.group(1): m.group(2) for m in found}
+    cis = {m.group(1): m.group(3) for m in found if m.group(3)}
     counts = (
         "submitted",
         "completed",
@@ -193,6 +196,7 @@ def test_simulate_prints_numbers_alike(capsys: Capture) -> None:
     for label in ("requests/s", "output tokens/s", "mean batch size"):
         assert re.fullmatch(r"\d{1,3}(,\d{3})*\.\d\d", rows[label]), (label, rows[label])
     assert not any("e+" in v or "e-" in v for v in rows.values())
+    assert re.fullmatch(r"[\d,]+\.\d", cis["TTFT mean"]) and re.fullmatch(r"[\d,]+\.\d\d", cis["requests/s"])
 
 
 # ---- plan --------------------------------------------------------------------------------------
