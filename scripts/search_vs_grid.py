@@ -87,9 +87,7 @@ def main() -> None:
         "search": {"axis": "workload.users", "slo": limits, "low": 1, "high": args.high},
     }
     # the grid's runs get the same per-request SLO as the probes, so the two configs match run for run
-    probe_run = (
-        {**common["base"]["run"], "slo": slo.per_request()} if _has_run_slo() else common["base"]["run"]
-    )
+    probe_run = {**common["base"]["run"], "slo": slo.per_request()}
     grid = {
         **common,
         "name": "grid",
@@ -145,12 +143,6 @@ def _users(row: Any) -> str:
     if row["boundary"] != row["boundary"]:  # NaN: none meets
         return "none"
     return f"{int(row['boundary'])}" + ("" if row["bracketed"] else "+")
-
-
-def _has_run_slo() -> bool:
-    from simcore.config import RunConfig
-
-    return "slo" in RunConfig.model_fields
 
 
 if __name__ == "__main__":

@@ -55,13 +55,7 @@ CONTEXT_COLUMNS: tuple[str, ...] = (
     "workload.kind",
     "workload.users",
 )
-#: Per-run outcome columns that datasets of newer simulators carry beside SUMMARY_FIELDS (steady
-#: state, SLO attainment): never axes, whichever simulator wrote the dataset. So are ``*_ci95_run``.
-OUTCOME_COLUMNS: tuple[str, ...] = (
-    "steady", "steady_reason", "warmup_end_s", "warmup_rule", "measured_s", "recomputed_tokens",
-    "slo_attainment", "goodput_rps",
-)
-METRICS: tuple[str, ...] = tuple(dict.fromkeys([*SUMMARY_FIELDS, *OUTCOME_COLUMNS]))
+METRICS: tuple[str, ...] = tuple(SUMMARY_FIELDS)
 CACHING_AXIS = "engine.prefix_caching"
 #: What :func:`compare` compares by default: latency, throughput and prefill work.
 COMPARE_METRICS: tuple[str, ...] = (
@@ -277,7 +271,7 @@ def read_info(path: str | Path) -> SweepInfo:
 def candidate_axes(df: pd.DataFrame) -> list[str]:
     """Columns that describe a cell of the sweep: the context columns and every other grid axis."""
     skip = set(ID_COLUMNS) | set(TRAILER_COLUMNS) | set(METRICS)
-    return [c for c in df.columns if c not in skip and not str(c).endswith("_ci95_run")]
+    return [c for c in df.columns if c not in skip]
 
 
 def axes(df: pd.DataFrame) -> list[str]:

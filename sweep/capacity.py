@@ -18,8 +18,9 @@ turns them into one row per cell, the same way for both, so the report treats th
     failed_runs       runs with status failed (they count as not meeting the SLO)
     transient_probes  probes with a run that never settled (not steady, not overloaded)
     why_fail          why first_fail fails: "ttft_p99_s 1.3 (limit <= 1)", "overloaded", ...
-    <metrics>         each SLO metric, throughput_rps and (when recorded) goodput_rps at the
-                      boundary, mean over its seeds
+    <metrics>         each SLO metric (and its within-run 95% CI, ``<metric>_ci95_run``, where
+                      the runs measure one), throughput_rps and goodput_rps at the boundary,
+                      mean over its seeds
 
 A value meets the SLO when every seed's run does (:mod:`sweep.slo`). Written by a search to
 ``DIR/capacity/part-0.parquet``; computed from ``runs/`` for a grid.
@@ -63,7 +64,7 @@ def probe_verdicts(runs: pd.DataFrame, axis: str, slo: Slo, keys: Sequence[str])
         _failed=runs["status"].eq("failed").to_numpy(),
         _transient=_transient(runs).to_numpy(),
     )
-    metrics = [m for m in dict.fromkeys([*slo.metrics, *AT_BOUNDARY]) if m in runs]
+    metrics = [m for m in _at_boundary(slo) if m in runs]
     for m in metrics:
         work[m] = pd.to_numeric(work[m], errors="coerce")
     grouped = work.groupby([*keys, axis], dropna=False, sort=True)
@@ -93,7 +94,7 @@ def capacity_rows(
     if runs.empty:
         return pd.DataFrame(columns=[*keys, *RESULT_COLUMNS])
     verdicts = probe_verdicts(runs, axis, slo, keys)
-    metrics = [m for m in dict.fromkeys([*slo.metrics, *AT_BOUNDARY]) if m in verdicts]
+    metrics = [m for m in _at_boundary(slo) if m in verdicts]
     rows = []
     groups = verdicts.groupby(keys, dropna=False, sort=True) if keys else [((), verdicts)]
     for key, probes in groups:
@@ -128,6 +129,13 @@ def _boundary(
     for m in metrics:
         row[m] = float(best[m]) if best is not None and pd.notna(best[m]) else None
     return row
+
+
+def _at_boundary(slo: Slo) -> list[str]:
+    """The figures a capacity row reports at its boundary: each SLO metric with its within-run
+    95% CI (``<metric>_ci95_run``, where runs measure one), throughput and goodput."""
+    with_ci = [name for m in slo.metrics for name in (m, f"{m}_ci95_run")]
+    return list(dict.fromkeys([*with_ci, *AT_BOUNDARY]))
 
 
 def _transient(runs: pd.DataFrame) -> pd.Series:

@@ -11,12 +11,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 import yaml
 from matplotlib.patches import Rectangle
 
-from simcore.metrics import SUMMARY_FIELDS
 from sweep import analysis, report
 from sweep.cli import main
 from sweep.report import heatmaps, lines
@@ -29,14 +27,6 @@ except ImportError:  # pragma: no cover
     from tests.test_analysis import write_dataset
     from tests.test_report import cell
 
-# Columns of the steady-state simulator; passed as extra columns while this simulator lacks them.
-STEADY: dict[str, pa.DataType] = {
-    "steady": pa.bool_(),
-    "steady_reason": pa.string(),
-    "measured_s": pa.float64(),
-    "goodput_rps": pa.float64(),
-}
-EXTRA = {k: t for k, t in STEADY.items() if k not in SUMMARY_FIELDS}
 OVERLOADED = "overloaded: queue grows 3.1 req/s"
 
 
@@ -80,7 +70,7 @@ def overload_rows() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def overload(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    out = write_dataset(tmp_path_factory.mktemp("overload") / "d", overload_rows(), extra_axes=EXTRA)
+    out = write_dataset(tmp_path_factory.mktemp("overload") / "d", overload_rows())
     return out, report.write_report(out).read_text()
 
 
@@ -131,11 +121,7 @@ def test_tables_have_plain_headers(overload: tuple[Path, str], tmp_path: Path) -
         {**r, "status": "infeasible", "error": "does not fit"} if r["workload.users"] == 8 else r
         for r in overload_rows()
     ]
-    pages.append(
-        report.write_report(
-            write_dataset(tmp_path / "d", rows, extra_axes=EXTRA), slo="ttft_p99_s<1"
-        ).read_text()
-    )
+    pages.append(report.write_report(write_dataset(tmp_path / "d", rows), slo="ttft_p99_s<1").read_text())
     for page in pages:
         headers = re.findall(r"<th>(.*?)</th>", page)
         assert headers and not [h for h in headers if re.search(r"[a-z]\.[a-z]", h)], headers
@@ -220,6 +206,7 @@ def slo_rows() -> list[dict[str, Any]]:
             u / (32 if c == "off" else 64),
             u * 0.5,
             goodput_rps=u * 0.4,
+            ttft_p99_s_ci95_run=u / 320,
             **{"engine.tensor_parallel": 2},
         )
         for c in ("off", "prefix")
@@ -229,7 +216,7 @@ def slo_rows() -> list[dict[str, Any]]:
 
 
 def test_report_states_capacity_at_the_slo_off_a_grid(tmp_path: Path) -> None:
-    out = write_dataset(tmp_path / "d", slo_rows(), extra_axes=EXTRA)
+    out = write_dataset(tmp_path / "d", slo_rows())
     page = report.write_report(out, slo="ttft_p99_s<1").read_text()
     text = text_of(page)
     assert "Llama-3.1-8B: most concurrent users per GPU at TTFT p99 < 1 s" in text
@@ -237,13 +224,16 @@ def test_report_states_capacity_at_the_slo_off_a_grid(tmp_path: Path) -> None:
     assert "16 users (the next grid value, 32 users, fails: ttft_p99_s 1 (limit < 1))" in text
     assert "<th>goodput there (req/s)</th>" in page and "<td>12.8</td>" in page  # 32 users x 0.4
     assert "Red line: the SLO, TTFT p99 < 1 s." in text
+    assert (
+        "<th>TTFT p99 there</th>" in page and "<td>500 ms ± 50 ms</td>" in page
+    )  # 16 users off, with its CI
     assert "<th>goodput off / on (req/s)</th>" in page and "<td>12.8 / 12.8</td>" in page  # 32 users
     table = pd.read_csv(out / "report" / "capacity-workload-users.csv")
     assert table.set_index("engine.prefix_caching")["boundary"].to_dict() == {"off": 16, "prefix": 32}
 
 
 def test_report_slo_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = write_dataset(tmp_path / "d", slo_rows(), extra_axes=EXTRA)
+    out = write_dataset(tmp_path / "d", slo_rows())
     assert main(["report", str(out), "--slo", "ttft_p99_z<1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "did you mean ttft_p99_s?" in err
@@ -289,7 +279,7 @@ def test_no_data_runs_are_counted_and_listed(tmp_path: Path) -> None:
                 ttft_p99_s=None,
                 throughput_rps=None,
             )
-    page = report.write_report(write_dataset(tmp_path / "d", rows, extra_axes=EXTRA)).read_text()
+    page = report.write_report(write_dataset(tmp_path / "d", rows)).read_text()
     text = text_of(page)
     assert "32 runs (30 ok, 0 infeasible, 0 failed, 2 no data)" in text
     failures = page[page.index('id="failures"') : page.index('id="data"')]

@@ -205,12 +205,14 @@ def test_a_probe_has_the_run_id_of_the_same_grid_run() -> None:
     spec = SweepSpec.model_validate(search_spec(seeds=2))
     plan = spec.expand()
     assert plan.axis_types["workload.users"] == "int" and plan.seeds_per_cell == 2
-    grid = SweepSpec.model_validate(grid_spec([5], seeds=2)).expand()
+    same = grid_spec([5], seeds=2)
+    same["base"] = {**BASE, "run": {**BASE["run"], "slo": {"ttft_s": 0.2}}}  # the SLO the probes carry
+    grid = SweepSpec.model_validate(same).expand()
     from sweep.search import probe_settings
 
     probes = [plan.probe_at(i, probe_settings(spec.search, 5)) for i in range(len(plan))]  # type: ignore[arg-type]
-    if not _has_run_slo():  # this simulator has no run.slo yet: same config
-        assert sorted(p.run_id for p in probes) == sorted(grid.run_ids)
+    assert sorted(p.run_id for p in probes) == sorted(grid.run_ids)  # the same runs, the same ids
+    assert all(p.config.run.slo is not None and p.config.run.slo.ttft_s == 0.2 for p in probes)
     assert all(p.config.workload.users == 5 for p in probes)  # type: ignore[union-attr]
     assert [p.axis_values["workload.users"] for p in probes] == [5] * 4
 
@@ -324,7 +326,7 @@ def test_search_finds_the_dense_grid_boundary_with_fewer_runs(tmp_path: Path, ca
     table = run_search(tmp_path, search_spec(high=high), tmp_path / "search")
     search_runs = len(analysis.load(tmp_path / "search", columns=["run_id"]))
     dense = grid_spec(list(range(1, high + 1)))
-    dense["base"] = {**BASE, "run": {**BASE["run"], **({"slo": {"ttft_s": 0.2}} if _has_run_slo() else {})}}
+    dense["base"] = {**BASE, "run": {**BASE["run"], "slo": {"ttft_s": 0.2}}}  # as the probes carry
     assert (
         main(
             [
@@ -354,12 +356,6 @@ def test_search_finds_the_dense_grid_boundary_with_fewer_runs(tmp_path: Path, ca
     # the probes are ordinary rows of runs/ with every column a grid run has
     probes = analysis.load(tmp_path / "search")
     assert set(probes.columns) == set(grid.columns) and set(probes["status"]) == {"ok"}
-
-
-def _has_run_slo() -> bool:
-    from simcore.config import RunConfig
-
-    return "slo" in RunConfig.model_fields
 
 
 def test_a_resumed_search_runs_only_the_missing_probes(tmp_path: Path, capsys: Capture) -> None:

@@ -21,11 +21,11 @@ from sweep import analysis
 from sweep.analysis import CACHING_AXIS
 from sweep.capacity import capacity_rows
 from sweep.report.findings import Finding
-from sweep.report.fmt import label, num, with_unit
+from sweep.report.fmt import label, num, seconds, with_unit
 from sweep.report.roles import BASELINE, Roles, sort_modes
 from sweep.report.tables import html_table
 from sweep.search import LOAD_AXES, RESOURCE_AXES
-from sweep.slo import Slo
+from sweep.slo import Limit, Slo
 
 TP = "engine.tensor_parallel"
 _SOURCES = {
@@ -176,6 +176,9 @@ def capacity_section(caps: list[Capacity]) -> str:
         ]
         if cap.axis in LOAD_AXES:
             shown[f"{label(cap.axis)} per GPU"] = [num(_amount(r, cap)) for _, r in table.iterrows()]
+        for limit in cap.slo.limits:  # the SLO's figure at the boundary, with its precision
+            if limit.metric in table:
+                shown[f"{_name(limit)} there"] = [_with_ci(r, limit.metric) for _, r in table.iterrows()]
         for metric, name in (
             ("throughput_rps", "throughput there (req/s)"),
             ("goodput_rps", "goodput there (req/s)"),
@@ -192,6 +195,21 @@ def capacity_section(caps: list[Capacity]) -> str:
             f" overloaded; boundaries {_SOURCES[cap.source]}.</p>" + html_table(shown, "capacity")
         )
     return "\n".join(parts)
+
+
+def _name(limit: Limit) -> str:
+    """``TTFT p99``: the metric of a limit in words, without the bound."""
+    return limit.describe().rsplit(" ", 3 if limit.metric.endswith("_s") else 2)[0]
+
+
+def _with_ci(row: pd.Series, metric: str) -> str:
+    """``610 ms ± 240 ms`` (the runs' 95% CI, where they measure one) or ``610 ms``."""
+    value = row[metric]
+    fmt = seconds if metric.endswith("_s") else num
+    if value is None or pd.isna(value):
+        return "-"
+    ci = row.get(f"{metric}_ci95_run")
+    return fmt(value) + (f" ± {fmt(ci)}" if ci is not None and pd.notna(ci) else "")
 
 
 def capacity_findings(caps: list[Capacity]) -> list[Finding]:
