@@ -174,7 +174,8 @@ def test_identical_lines_are_drawn_once_and_marked_same() -> None:
     ax = fig.subplots()
     lines.draw(ax, merged, log_x=True)
     labels = ax.get_legend_handles_labels()[1]
-    assert labels == ["24 GiB, caching off = 40 GiB, caching off (same)", "80 GiB, caching off"]
+    assert labels == ["24 GiB / 40 GiB, caching off (same)", "80 GiB, caching off"]
+    assert lines.same_label(["a", "b, caching on"]) == "a = b, caching on (same)"
 
 
 def test_error_bars_stay_inside_a_log_axis() -> None:
@@ -286,3 +287,11 @@ def test_no_data_runs_are_counted_and_listed(tmp_path: Path) -> None:
     assert "<td>no_data</td>" in failures and "the run ended inside its warm-up" in failures
     assert "1 of 8 cells lack an ok run with or without caching (no data)" in text
     assert "7 cells measured with and without caching" in text
+
+
+def test_one_run_per_point_draws_the_runs_own_confidence_interval(tmp_path: Path) -> None:
+    one_seed = [r for r in slo_rows() if r["seed"] == 0]
+    page = report.write_report(write_dataset(tmp_path / "d", one_seed)).read_text()
+    assert "Bars: 95% confidence interval within each run (one run per point)" in text_of(page)
+    two_seeds = report.write_report(write_dataset(tmp_path / "e", slo_rows())).read_text()
+    assert "Bars: 95% confidence interval over seeds" in text_of(two_seeds)

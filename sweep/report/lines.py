@@ -79,8 +79,20 @@ def x_axis(ax: Axes, xs: list[Any], label: str) -> list[Any]:
     return positions
 
 
+def same_label(names: list[str]) -> str:
+    """Lines drawn once: ``24 GiB / 40 GiB, caching off (same)`` when the names share their last
+    part (``, caching off``), else every name joined by ``=``."""
+    if len(names) == 1:
+        return names[0]
+    tails = {n.rsplit(", ", 1)[-1] for n in names}
+    if len(tails) == 1 and all(", " in n for n in names):
+        heads = [n.split(", ", 1)[0] for n in names]
+        return " / ".join(heads) + f", {tails.pop()} (same)"
+    return " = ".join(names) + " (same)"
+
+
 def _label(s: Series) -> str:
-    return s.names[0] if len(s.names) == 1 else " = ".join(s.names) + " (same)"
+    return same_label(s.names)
 
 
 def draw(
@@ -92,7 +104,7 @@ def draw(
 ) -> None:
     """Draw ``series`` (after :func:`merge_same`) with clipped error bars and state markers."""
     values = np.concatenate([s.mean for s in series]) if series else np.array([])
-    log_y = log_scale(values.tolist())
+    log_y = log_scale([*values.tolist(), *([slo[0]] if slo else [])])  # the SLO line must not squash them
     if log_y:
         ax.set_yscale("log")
     lo, hi = _limits(series, log_y, slo[0] if slo else None)

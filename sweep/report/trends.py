@@ -33,6 +33,10 @@ def metric_lines(
         return ""
     keys = [c for c in (x, y, CACHING_AXIS) if c is not None and c in df]
     s = analysis.summarize(df, keys, [metric])
+    within = s["n_ok"].max() <= 1 and f"{metric}_ci95_run" in df  # one run per point: the run's own CI
+    if within:
+        s[f"{metric}_ci95"] = analysis.cell_means(df, keys, [f"{metric}_ci95_run"])[f"{metric}_ci95_run"]
+    bars = "95% CI within the run" if within else "95% CI over seeds"
     states = {tuple(r[k] for k in keys): r["state"] for _, r in cell_states(df, keys).iterrows()}
     xs, ys = sort_values(df[x].tolist()), sort_values(df[y].tolist(), capacity) if y else [None]
     modes = sort_modes(df[CACHING_AXIS].dropna().unique().tolist()) if CACHING_AXIS in df else [None]
@@ -58,13 +62,14 @@ def metric_lines(
     ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=label(y) if y else None)
     head = "TTFT p99" if metric == "ttft_p99_s" else metric
     ax.set_title(
-        f"{title}: {head} against {label(x)}\n(solid: caching on, dashed: off; bars: 95% CI over seeds;"
+        f"{title}: {head} against {label(x)}\n(solid: caching on, dashed: off; bars: {bars};"
         " x: overloaded, hollow: did not settle)",
         fontsize=10,
     )
     name = ctx.save(fig, f"{slug(title)}-{metric.removesuffix('_s').replace('_', '-')}-lines")
-    same = [" = ".join(s.names) for s in merged if len(s.names) > 1]
-    notes = ["Bars: 95% confidence interval over seeds; a bar that stops at the bottom edge reaches 0."]
+    same = [lines.same_label(s.names).removesuffix(" (same)") for s in merged if len(s.names) > 1]
+    where = "within each run (one run per point)" if within else "over seeds"
+    notes = [f"Bars: 95% confidence interval {where}; a bar that stops at the bottom edge reaches 0."]
     if same:
         notes.append(
             f"Drawn once, as they agree within {lines.SAME_RTOL:.0%} at every point (same): "
