@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pydantic import ValidationError
-from scipy.optimize import least_squares
 
 from simcore.api import simulate
 from simcore.config import COST_FIELDS, CostParams, SimConfig
@@ -429,6 +428,8 @@ def _solve(
     ds: Dataset, base: dict[str, Any], names: Sequence[str], train: list[str], starts: int
 ) -> tuple[dict[str, Any], Any]:
     """The best of ``starts`` least-squares runs over ``names``; (parameters, scipy's result)."""
+    from scipy.optimize import least_squares  # here: every kvsweep command imports this module
+
     names = list(names)
     lo = np.array([BOUNDS[n][0] / BOUNDS[n][2] for n in names])
     hi = np.array([BOUNDS[n][1] / BOUNDS[n][2] for n in names])
