@@ -8,9 +8,9 @@ seed meeting it) and prints both boundaries and both run counts::
     .venv/bin/python scripts/search_vs_grid.py        # Llama-3.1-8B, H100 at 40 GiB: ~3 min on 2 cores
     .venv/bin/python scripts/search_vs_grid.py --high 64 --executor serial --duration 600
 
-Measured on the 2-core machine (1800 s runs, one seed, TTFT p99 <= 1 s): the search found 66 users
-without caching and 92 with prefix caching in 28 runs (12 s); the dense grid of users 1..128
-found the same in 256 runs (160 s), with no inversion. With 300 s runs the grid has inversions
+Measured on the 2-core machine (1800 s runs, one seed, TTFT p99 <= 1 s): the search found 68 users
+without caching and 98 with prefix caching in 28 runs (13 s); the dense grid of users 1..128
+found the same in 256 runs (112 s), with no inversion. With 300 s runs the grid has inversions
 near the boundary (the p99 of a short run is noisy) and the two readings differ by a few users.
 
 Both sweeps go through ``kvsweep run`` (on one embedded Ray, started here, unless ``--executor
