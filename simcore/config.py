@@ -7,6 +7,7 @@ or inline with every field. Derived values (KV bytes per token, weight bytes) ar
 
 from __future__ import annotations
 
+import difflib
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
@@ -38,7 +39,10 @@ def _from_catalog(value: Any, table: dict[str, dict[str, Any]], what: str) -> An
             return {"name": name, **table[name], **value}
         if len(value) == 1:
             known = ", ".join(sorted(table))
-            raise ValueError(f"unknown {what} {name!r}: use one of {known}, or give every field inline")
+            lower = {known_name.lower(): known_name for known_name in table}
+            close = difflib.get_close_matches(str(name).lower(), list(lower), n=1, cutoff=0.85)
+            hint = f"did you mean {lower[close[0]]}? Or " if close else ""
+            raise ValueError(f"unknown {what} {name!r}: {hint}use one of {known}, or give every field inline")
     return value
 
 
@@ -242,11 +246,13 @@ class EngineConfig(BaseModel):
     @field_validator("prefix_caching", mode="before")
     @classmethod
     def _bool_alias(cls, value: Any) -> Any:
-        # YAML reads a bare `off` as False; accept it (and `on` / True as `prefix`).
+        # YAML reads a bare `off` as False: accept it. A bare `on` (True) is refused: it could
+        # mean `session` or `prefix`, and a silent choice would answer another question.
         if value is False:
             return "off"
-        if value is True:
-            return "prefix"
+        if value is True or (isinstance(value, str) and value.lower() in ("on", "true", "yes")):
+            raise ValueError("ambiguous (session or prefix?): use one of 'off', 'session', 'prefix'"
+                             " (prefix: vLLM's automatic prefix caching)")
         return value
 
 
@@ -550,6 +556,14 @@ class SimConfig(BaseModel):
         """Longest request the server accepts, in tokens (``engine.max_model_len`` or the
         model's context)."""
         return self.engine.max_model_len or self.model.max_context
+
+    @field_validator("workload", mode="before")
+    @classmethod
+    def _chat_by_default(cls, value: Any) -> Any:
+        # The default workload is chat, so `workload: {users: 32}` means a chat workload too.
+        if isinstance(value, dict) and "kind" not in value:
+            return {"kind": "chat", **value}
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+import typing
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 # Discriminator tags pydantic inserts into error locations; not part of the user's key path.
@@ -31,9 +33,43 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _fix(err: ErrorDetails) -> str:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field's annotation can hold (through Optional, unions, lists, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _kind_tag(model: type[BaseModel]) -> Any:
+    field = model.model_fields.get("kind")
+    return field.default if field is not None else None
+
+
+def suggest_key(root: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    """For an unknown key at ``loc`` under ``root``: the closest valid key at that level, or None.
+
+    ``loc`` is pydantic's error location: field names, union tags (``chat``) and list indices."""
+    candidates: list[type[BaseModel]] = [root]
+    for item in loc[:-1]:
+        fields = [m.model_fields[item] for m in candidates if item in m.model_fields]
+        if fields:
+            candidates = [m for f in fields for m in _models_in(f.annotation)]
+        elif isinstance(item, str):  # a discriminator tag: keep the variant it names
+            tagged = [m for m in candidates if _kind_tag(m) == item]
+            candidates = tagged or candidates
+        if not candidates:
+            return None
+    names = sorted({name for m in candidates for name in m.model_fields})
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
+def _fix(err: ErrorDetails, root: type[BaseModel] | None = None, prefix: str = "") -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
+        close = suggest_key(root, tuple(err["loc"])) if root is not None and err["loc"] else None
+        if close is not None:
+            return f"did you mean {_path((*tuple(err['loc'])[:-1], close), prefix)}?"
         return "remove it or check its spelling"
     if kind == "missing":
         return "add it"
@@ -60,13 +96,17 @@ def _message(err: ErrorDetails) -> str:
     return err["msg"].removeprefix("Value error, ")
 
 
-def format_validation_error(exc: ValidationError, prefix: str = "", source: str = "") -> str:
-    """Collapse pydantic's report into one line naming each bad field, its value and a fix."""
+def format_validation_error(
+    exc: ValidationError, prefix: str = "", source: str = "", model: type[BaseModel] | None = None
+) -> str:
+    """Collapse pydantic's report into one line naming each bad field, its value and a fix.
+
+    With ``model`` (the class that was validated), a misspelt key gets "did you mean ...?"."""
     pieces = []
     for err in exc.errors():
         msg = _message(err)
         where = _path(err["loc"], prefix)
-        fix = _fix(err)
+        fix = _fix(err, model, prefix)
         value = "" if err["type"] == "missing" else f" = {_short(err.get('input'))}"
         pieces.append(f"{where}{value}: {msg}" + (f" ({fix})" if fix and fix not in msg else ""))
     head = f"{source}: " if source else ""

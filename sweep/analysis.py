@@ -34,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import yaml
 
 from simcore.errors import ConfigError
@@ -64,6 +65,11 @@ COMPARE_METRICS: tuple[str, ...] = (
     "output_tokens_per_s",
     "prefill_tokens_computed",
 )
+
+#: What to do when a dataset holds no per-request rows. A resume skips runs already done, so the
+#: requests of a finished sweep come only from a new run into another folder.
+NO_REQUESTS_HINT = ("the sweep saved no per-request rows: run it again with --save-requests into a new"
+                    " folder (kvsweep run SPEC --out NEW_DIR --save-requests)")
 
 # Two-sided 95% quantiles of Student's t, t_{0.975}(df) for df = 1..30 (scipy.stats.t.ppf(0.975, df),
 # checked by numerical integration of the density). Above 30 the Cornish-Fisher expansion in
@@ -177,18 +183,28 @@ def load_requests(
 ) -> pd.DataFrame:
     """Per-request rows (``requests/run_id=<id>/``) with a ``run_id`` column, optionally for some runs.
 
-    Raises :class:`ConfigError` when the sweep recorded no requests (set ``run.record_requests``).
+    Raises :class:`ConfigError` when the sweep saved no requests (``kvsweep run --save-requests``).
     """
     fs, root = _filesystem(path)
     base = f"{root.rstrip('/')}/requests"
     if not _exists(fs, base):
-        raise ConfigError(f"{path}: no requests/ here: set run.record_requests: true in the spec and rerun")
+        raise ConfigError(f"{path}: no requests/ here: {NO_REQUESTS_HINT}")
     dataset = pds.dataset(base, filesystem=fs, format="parquet", partitioning="hive")
     expr = None
     if run_ids is not None:
         expr = pds.field("run_id").isin([str(r) for r in run_ids])
     cols = None if columns is None else list(dict.fromkeys(["run_id", *columns]))
     return dataset.to_table(columns=cols, filter=expr).to_pandas()
+
+
+def load_capacity(path: str | Path) -> pd.DataFrame | None:
+    """The ``capacity/`` table a capacity search wrote (one row per cell), or None when there is none."""
+    fs, root = _filesystem(path)
+    target = f"{root.rstrip('/')}/capacity/part-0.parquet"
+    if not _exists(fs, target):
+        return None
+    with fs.open_input_file(target) as fh:
+        return pq.read_table(fh).to_pandas()
 
 
 @dataclass(frozen=True)

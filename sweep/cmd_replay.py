@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from simcore.errors import ConfigError
 from simcore.replay import (
     ClusterReplayResult,
@@ -104,6 +106,40 @@ def format_table(results: list[ReplayResult]) -> str:
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
 
 
+_RUN_KEYS = {"model", "gpu", "engine", "workload", "run", "cluster"}
+_SPEC_KEYS = {"base", "grid", "zip", "seeds", "search"}
+
+
+def _yaml_keys(path: Path) -> set[str] | None:
+    """The top-level keys when the file's start reads as a YAML mapping, else None."""
+    try:
+        with path.open("r", encoding="utf-8") as fh:
+            head = yaml.safe_load(fh.read(65536))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return set(map(str, head)) if isinstance(head, dict) else None
+
+
+def check_not_config(path: Path) -> None:
+    """Refuse a kvsweep YAML (a run config or a sweep spec) given where a trace belongs, saying
+    which command takes it, instead of failing on its first line as a malformed CSV."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".csv"):
+        return
+    keys = _yaml_keys(path)
+    is_yaml = suffix in (".yaml", ".yml") or bool(keys and keys & (_RUN_KEYS | _SPEC_KEYS))
+    if not is_yaml:
+        return
+    if keys and keys & _SPEC_KEYS:
+        use = f"it looks like a sweep spec: run it with `kvsweep run {path}`"
+    elif keys and keys & _RUN_KEYS:
+        use = f"it looks like a run config: simulate it with `kvsweep simulate {path}`"
+    else:
+        use = "give the trace file instead"
+    raise ConfigError(f"{path} is a YAML file, not a request trace (replay takes a Mooncake .jsonl or"
+                      f" Azure .csv trace): {use}")
+
+
 def parse_routers(text: str) -> list[str]:
     """``"all"`` or ``"round_robin,prefix_aware"`` -> router names; raises :class:`ConfigError`."""
     if text.strip() == "all":
@@ -180,6 +216,7 @@ def main(args: argparse.Namespace) -> int:
     for cap in capacities:
         capacity_blocks(cap, block_size)  # fail before reading the trace
     path = Path(args.trace)
+    check_not_config(path)
     requests = load_trace(path, fmt=args.format, limit=args.limit)
     fmt = args.format if args.format != "auto" else detect_format(path)
     start = time.perf_counter()

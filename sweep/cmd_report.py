@@ -26,12 +26,16 @@ if TYPE_CHECKING:  # duckdb is imported only when a query runs: every kvsweep co
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="the sweep's output directory (the --out of kvsweep run)")
     parser.add_argument("--out", default=None, help="where to write the report (default: DIR/report)")
+    parser.add_argument("--slo", metavar="LIMITS", default=None,
+                        help='a service-level objective, e.g. "ttft_p99_s<1" or'
+                             ' "ttft_p99_s<1,tpot_p99_s<0.05": drawn on the plots, and the report states'
+                             " the capacity at it (default: a capacity search's own SLO)")
 
 
 def main_report(args: argparse.Namespace) -> int:
     from sweep.report import write_report
 
-    index = write_report(args.dir, args.out)
+    index = write_report(args.dir, args.out, slo=args.slo)
     print(index.resolve())
     return 0
 
@@ -89,6 +93,8 @@ def query(path: str | Path, sql: str) -> pd.DataFrame:
     """Run ``sql`` over the dataset at ``path``; the result as a DataFrame. Bad SQL -> ConfigError."""
     import duckdb
 
+    from sweep.analysis import NO_REQUESTS_HINT
+
     con = connect(path)
     try:
         return con.execute(sql).fetchdf()
@@ -99,7 +105,7 @@ def query(path: str | Path, sql: str) -> pd.DataFrame:
         if "not found" in first and dotted:
             hint = f' (quote dotted column names: "{dotted.group(0)}")'
         if "requests" in first and "does not exist" in first:
-            hint = " (this sweep recorded no requests: set run.record_requests: true)"
+            hint = f" ({NO_REQUESTS_HINT})"
         raise ConfigError(f"bad SQL: {first}{hint}") from None
     finally:
         con.close()

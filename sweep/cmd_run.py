@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from simcore import __version__
 from sweep.progress import Progress
-from sweep.spec import Plan, SweepSpec
+from sweep.spec import Plan, RunSpec, SweepSpec
 
 if TYPE_CHECKING:
     from sweep.executors import Outcome, Task
+    from sweep.search import SearchDriver
     from sweep.store import Dataset, OutputError, RunsWriter
 
 DEFAULT_OUT = "results/{name}"
@@ -96,6 +97,11 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="sweep spec YAML (e.g. configs/sweeps/quickstart.yaml)")
     parser.add_argument("--examples", type=int, default=5, metavar="N", help="runs to show (default 5)")
     parser.add_argument("--out", metavar="DIR", help="also say how many runs DIR already holds")
+    parser.add_argument("--probe-runs", type=int, default=5, metavar="N",
+                        help="time N of the runs here, spread over the grid, to estimate the sweep's"
+                             " run time (default 5; 0: no estimate)")
+    parser.add_argument("--num-cpus", type=_positive, metavar="N",
+                        help="CPUs the estimate divides the work over (default: this machine's)")
     _add_max_runs(parser)
 
 
@@ -113,40 +119,119 @@ def main_plan(args: argparse.Namespace) -> int:
     spec = plan.spec
     axes = spec.axes()
     about = f" - {spec.description}" if spec.description else ""
-    print(f"sweep {spec.name} ({args.spec}): {len(plan)} runs{about}")
+    cells = len(plan) // plan.seeds_per_cell
+    size = f"{len(plan)} runs" if spec.search is None else f"capacity search of {cells} cells"
+    print(f"sweep {spec.name} ({args.spec}): {size}{about}")
     width = max([len(", ".join(a.paths)) for a in axes] + [5])
     for axis in axes:
         names = "seeds" if axis.where == "seeds" else ", ".join(axis.paths)
         values = [_show(v[0]) if len(v) == 1 else "(" + ", ".join(map(_show, v)) + ")" for v in axis.values]
         print(f"  {axis.where:<7} {names:<{width}}  {len(values):>3} x  {_values_text(values)}")
+    if spec.search is not None:
+        return _plan_search(args, plan)
     if axes:
         print(f"  = {' x '.join(str(len(a.values)) for a in axes)} = {len(plan)} runs")
     else:
         print("  no axes: the base config is the one run")
-    from sweep.store import runs_columns
-
-    extra = [c for c in runs_columns(plan.axis_types) if c in plan.axis_types]
-    print(f"axis columns in runs/: {', '.join(extra) if extra else '(none beyond the context columns)'}")
+    _axis_columns(plan)
     shown = min(args.examples, len(plan))
     if shown:
         print(f"examples ({shown} of {len(plan)}):")
         step = max(1, len(plan) // shown)
         for index in range(0, step * shown, step):
             print(f"  {plan.run_ids[index]}  {plan.describe(index)}")
+    todo = list(range(len(plan)))
     if args.out:
-        from sweep.store import Dataset
-
-        found = Dataset(args.out).scan()
-        present = found.present
-        counts = Counter(present[rid] for rid in plan.run_ids if rid in present)
-        have = sum(counts.values())
-        print(
-            f"in {args.out}: {have} present (ok {counts['ok']}, no data {counts['no_data']},"
-            f" infeasible {counts['infeasible']}, failed {counts['failed']}), {len(plan) - have} to do"
-        )
-        for path, why in found.damaged:
-            print(f"  damaged: {path} ({why}): `kvsweep run` moves it aside and does its runs again")
+        todo = _show_out(plan, args.out)
+    if args.probe_runs > 0 and todo:
+        runs = [plan.run_at(i) for i in _spread(todo, args.probe_runs)]
+        print(estimate(runs, len(todo), args.num_cpus or os.cpu_count() or 1))
     return 0
+
+
+def _axis_columns(plan: Plan) -> None:
+    from sweep.store import runs_columns
+
+    extra = [c for c in runs_columns(plan.axis_types) if c in plan.axis_types]
+    print(f"axis columns in runs/: {', '.join(extra) if extra else '(none beyond the context columns)'}")
+
+
+def _plan_search(args: argparse.Namespace, plan: Plan) -> int:
+    """The plan of a capacity search: its cells, the searched range and a bound on the runs."""
+    from sweep.search import probe_settings
+
+    search = plan.spec.search
+    assert search is not None
+    seeds = plan.seeds_per_cell
+    cells = len(plan) // seeds
+    bisection = search.bisection(plan.axis_types[search.axis] == "int")
+    most = bisection.max_probes()
+    want = "most" if search.direction == "max" else "least"
+    print(f"  search  {search.axis}: the {want} meeting {search.objective.describe()}, from {search.low:g} to"
+          f" {search.high:g} in steps of {bisection.step:g} ({len(bisection.points)} values)")
+    dense = len(plan) * len(bisection.points)
+    print(f"  = {cells} cells x {seeds} seed(s); at most {most} probes per cell (exponential, then binary"
+          f" search), so at most {cells * seeds * most:,} runs; a dense grid would be {dense:,}")
+    _axis_columns(plan)
+    if args.out:
+        _show_out(plan, args.out, search=True)
+    if args.probe_runs > 0:
+        start = bisection.value(bisection.start)
+        runs = [plan.probe_at(i, probe_settings(search, start)) for i in _spread(list(range(len(plan))),
+                                                                                   args.probe_runs)]
+        print(estimate(runs, cells * seeds * most, args.num_cpus or os.cpu_count() or 1, bound=True))
+    return 0
+
+
+def _spread(indices: list[int], count: int) -> list[int]:
+    """``count`` of ``indices``, evenly spread (the middle of each of ``count`` equal slices)."""
+    step = len(indices) / min(count, len(indices))
+    return [indices[int(step * (k + 0.5))] for k in range(min(count, len(indices)))]
+
+
+def _show_out(plan: Plan, out: str, search: bool = False) -> list[int]:
+    """Say what ``out`` already holds of the plan (or warn, as `run` refuses, when it holds another
+    sweep); return the indices of the runs still to do."""
+    from sweep.store import Dataset
+
+    dataset = Dataset(out)
+    conflict = dataset.conflict(plan.spec.name, plan.spec.to_yaml())
+    if conflict:
+        print(f"kvsweep plan: warning: {conflict} (`kvsweep run` would refuse it)", file=sys.stderr)
+        return list(range(len(plan)))
+    found = dataset.scan()
+    present = found.present
+    if search:
+        print(f"in {out}: {len(present)} probe runs, which a resumed search uses instead of running them")
+        return []
+    counts = Counter(present[rid] for rid in plan.run_ids if rid in present)
+    have = sum(counts.values())
+    shown = ", ".join(f"{k.replace('_', ' ')} {counts[k]}" for k in ("ok", "no_data", "infeasible", "failed"))
+    print(f"in {out}: {have} present ({shown}), {len(plan) - have} to do")
+    for path, why in found.damaged:
+        print(f"  damaged: {path} ({why}): `kvsweep run` moves it aside and does its runs again")
+    return [i for i, rid in enumerate(plan.run_ids) if rid not in present]
+
+
+def estimate(runs: list[RunSpec], total: int, cpus: int, bound: bool = False) -> str:
+    """Run ``runs`` here and extrapolate their mean wall time to ``total`` runs spread over
+    ``cpus`` workers (``bound``: ``total`` is an upper bound). Rough: runs differ in cost."""
+    from sweep.executors import run_one
+    from sweep.progress import format_duration
+
+    times = []
+    for run in runs:
+        result = run_one(run.run_id, run.config_json, save_requests=False, faults={}, in_worker=False)
+        times.append(result.wall_s)
+    mean = sum(times) / len(times)
+    work = mean * total
+    # the sweep cannot end sooner than its slowest run, nor spread fewer runs than CPUs over all CPUs
+    wall = max(work / min(cpus, total), max(times))
+    spread = f"{min(times):.2g}-{max(times):.2g} s" if len(times) > 1 else f"{times[0]:.2g} s"
+    upto = "at most " if bound else ""
+    return (f"estimate: {len(times)} probe run(s) took {spread} (mean {mean:.2g} s): {upto}{total:,} runs"
+            f" ~ {upto}{format_duration(work)} of CPU time, ~ {upto}{format_duration(wall)} on {cpus} CPUs"
+            f" (rough: runs differ in cost; --probe-runs N times more of them)")
 
 
 # ---- run ---------------------------------------------------------------------------------------
@@ -183,7 +268,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--part-rows", type=_positive, default=1000, metavar="N",
                         help="rows per runs/ part file (default 1000)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bar (default: on a terminal; else a line every 30 s)")
+                        help="progress bar (default: a bar on a terminal, else a line every 30 s);"
+                             " --no-progress prints none")
 
 
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -207,6 +293,8 @@ def main_run(args: argparse.Namespace) -> int:
             print(f"kvsweep run: warning: {warning}", file=sys.stderr)
         dropped = dataset.drop_failed() if args.retry_failed else 0
         present = {k: v for k, v in found.present.items() if not (dropped and v == "failed")}
+        if plan.spec.search is not None:
+            return _run_search(args, plan, dataset, present, started, faults)
         todo = [i for i, run_id in enumerate(plan.run_ids) if run_id not in present]
         skipped = len(plan) - len(todo)
         note = f", {dropped} failed rows dropped to retry" if dropped else ""
@@ -215,20 +303,88 @@ def main_run(args: argparse.Namespace) -> int:
         if not todo:
             print(f"kvsweep run: nothing to do: {out} holds every run of {args.spec}", file=sys.stderr)
             return 0
-        options: dict[str, Any] = {"save_requests": args.save_requests, "faults": faults,
-                                   "run_timeout": args.run_timeout}
-        if args.executor == "ray":
-            options.update(
-                address=args.address, num_cpus=args.num_cpus, runs_per_task=args.runs_per_task,
-                max_in_flight=args.max_in_flight, max_retries=args.max_retries, ship_code=args.ship_code,
-            )
-        with make_executor(args.executor, **options) as executor:
+        with make_executor(args.executor, **_executor_options(args, faults)) as executor:
             print(f"kvsweep run: on {executor.describe()}", file=sys.stderr)
             writer = dataset.writer(schema, part_rows=args.part_rows)
             progress = Progress(len(todo), plan.spec.name, bar=args.progress)
             stop = _drive(executor.run(_tasks(plan, todo), len(todo)), dataset, writer, progress)
             lost, retried = executor.lost_tasks, executor.retried_runs
     return _summary(args, out, started, progress, writer, skipped, stop, lost, retried)
+
+
+def _executor_options(args: argparse.Namespace, faults: dict[str, str]) -> dict[str, Any]:
+    options: dict[str, Any] = {"save_requests": args.save_requests, "faults": faults,
+                               "run_timeout": args.run_timeout}
+    if args.executor == "ray":
+        options.update(
+            address=args.address, num_cpus=args.num_cpus, runs_per_task=args.runs_per_task,
+            max_in_flight=args.max_in_flight, max_retries=args.max_retries, ship_code=args.ship_code,
+        )
+    return options
+
+
+def _run_search(args: argparse.Namespace, plan: Plan, dataset: Dataset, present: dict[str, str],
+                started: float, faults: dict[str, str]) -> int:
+    """A capacity search (:mod:`sweep.search`): probes as runs until every cell's boundary is
+    known; the answers to DIR/capacity/. Probes already in DIR are used, not run again."""
+    import pyarrow as pa
+
+    from sweep.capacity import summary_lines
+    from sweep.executors import make_executor
+    from sweep.search import SearchDriver
+    from sweep.store import runs_schema
+
+    search = plan.spec.search
+    assert search is not None
+    driver = SearchDriver(plan, _known_rows(dataset, present), __version__)
+    driver.start()
+    print(f"kvsweep run: capacity search {plan.spec.name}: {len(driver.cells)} cells x {plan.seeds_per_cell}"
+          f" seed(s), {search.axis} from {search.low:g} to {search.high:g} ({search.direction} meeting"
+          f" {driver.slo.describe()}); {driver.reused} probe runs already in {dataset}, {len(driver.feed)}"
+          " to start", file=sys.stderr)
+    schema = runs_schema(plan.axis_types)
+    writer = dataset.writer(schema, part_rows=args.part_rows)
+    progress = Progress(driver.remaining_bound, f"{plan.spec.name} (at most)", bar=args.progress)
+    stop: OutputError | bool = False
+    lost = retried = 0
+    if len(driver.feed):
+        with make_executor(args.executor, **_executor_options(args, faults)) as executor:
+            print(f"kvsweep run: on {executor.describe()}", file=sys.stderr)
+            stop = _drive(_tracking(driver.drive(executor), driver, progress), dataset, writer, progress)
+            lost, retried = executor.lost_tasks, executor.retried_runs
+    else:
+        progress.close()
+    table = driver.capacity()
+    if not isinstance(stop, Exception):
+        dataset.write_capacity(pa.Table.from_pandas(table, preserve_index=False))
+    done = sum(cell.done for cell in driver.cells)
+    print(f"kvsweep run: {done} of {len(driver.cells)} cells found -> {dataset}/capacity/", file=sys.stderr)
+    for line in summary_lines(table):
+        print(line)
+    return _summary(args, str(dataset), started, progress, writer, driver.reused, stop, lost, retried)
+
+
+def _tracking(outcomes: Generator[Outcome, None, None], driver: SearchDriver,
+              progress: Progress) -> Generator[Outcome, None, None]:
+    """Pass outcomes on; after each is stored, shrink the progress total to what may still come."""
+    try:
+        for outcome in outcomes:
+            yield outcome
+            progress.set_total(progress.done + driver.remaining_bound)
+    finally:
+        outcomes.close()
+
+
+def _known_rows(dataset: Dataset, present: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The rows of the runs the dataset holds, by run_id (a resumed search reads its probes here)."""
+    from sweep.analysis import load, runs_dataset
+
+    if not present:
+        return {}
+    names = [c for c in runs_dataset(str(dataset)).schema.names if c != "config_json"]
+    frame = load(str(dataset), columns=names)
+    frame = frame[frame["run_id"].isin(list(present))]
+    return {str(row["run_id"]): row for row in frame.to_dict("records")}
 
 
 def _tasks(plan: Plan, todo: list[int]) -> Iterator[Task]:

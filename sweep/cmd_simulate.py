@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", metavar="FILE.csv", help="write one row per request as CSV")
 
 
+_EXPONENT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value, read as YAML with two exceptions that match what a person typing it means:
+    ``1e4`` is the number 10000 (YAML 1.1 wants ``1.0e4``; an integral one is an int, so that it fits
+    integer fields), and ``on``/``off``/``yes``/``no`` stay words (YAML 1.1 makes them booleans; boolean
+    fields still take the words, and ``engine.prefix_caching=off`` means ``off``)."""
+    stripped = text.strip()
+    if _EXPONENT_RE.match(stripped):
+        number = float(stripped)
+        return int(number) if number.is_integer() and abs(number) < 2**63 else number
+    value = yaml.safe_load(text)
+    if isinstance(value, bool) and stripped.lower() not in ("true", "false"):
+        return stripped
+    return value
+
+
 def load_config(path: str, overrides: list[str]) -> SimConfig:
     """Read, override and validate a run config; bad input raises :class:`ConfigError`."""
     raw = read_yaml(Path(path), "run config")
@@ -38,58 +57,77 @@ def load_config(path: str, overrides: list[str]) -> SimConfig:
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected PATH=VALUE, e.g. engine.prefix_caching=off")
         try:
-            value = yaml.safe_load(text)
+            value = parse_value(text)
         except yaml.YAMLError:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
         set_path(raw, key.strip(), value, f"--set {key.strip()}")
     try:
         return SimConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source=path)) from None
+        raise ConfigError(format_validation_error(exc, source=path, model=SimConfig)) from None
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
+# How each kind of figure is printed, so that a column of them reads alike: counts with thousands
+# separators, latencies in ms and other figures with fixed decimals, shares as percentages.
+_FORMATS: dict[str, Any] = {
+    "count": lambda v: f"{int(v):,}",
+    "ms": lambda v: f"{v * 1e3:,.1f}",
+    "s": lambda v: f"{v:,.1f}",
+    "wall": lambda v: f"{v:,.3f}",
+    "rate": lambda v: f"{v:,.2f}",
+    "share": lambda v: f"{v * 100:.1f}%",
+    "number": lambda v: f"{v:,.2f}",
+    "text": str,
+}
+
+
+def format_value(value: Any, kind: str) -> str:
+    """One figure of the summary as :data:`_FORMATS` prints its kind; ``-`` when there is none."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-" if value is None or math.isnan(value) else str(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, float):
-        if math.isinf(value) or math.isnan(value):
-            return str(value)
-        return f"{value:.4g}"
-    return str(value)
+    return str(_FORMATS[kind](value))
 
 
-_SECTIONS: list[tuple[str, list[tuple[str, str, float]]]] = [
-    ("requests", [("submitted", "num_requests", 1), ("completed", "num_completed", 1),
-                  ("failed", "num_failed", 1), ("measured (after warm-up)", "num_measured", 1),
-                  ("simulated time (s)", "sim_duration_s", 1)]),
-    ("steady state", [("arrivals stopped by", "stop_reason", 1), ("warm-up rule", "warmup_rule", 1),
-                      ("warm-up ends (s)", "warmup_end_s", 1), ("measured window (s)", "measured_s", 1),
-                      ("steady", "steady", 1), ("capacity (requests/s)", "capacity_rps", 1)]),
-    ("throughput", [("requests/s", "throughput_rps", 1),
-                    ("  95% CI in the run (+-)", "throughput_rps_ci95_run", 1),
-                    ("output tokens/s", "output_tokens_per_s", 1)]),
-    ("latency (ms)", [
-        (f"{name} {stat}", f"{key}_{stat}_s", 1e3)
-        for name, key in [("TTFT", "ttft"), ("TPOT", "tpot"), ("end-to-end", "e2e"), ("queueing", "queue")]
-        for stat in ("mean", "p50", "p90", "p99")
-    ] + [(f"{name} 95% CI in the run (+-)", f"{key}_ci95_run", 1e3) for name, key in [
-        ("TTFT mean", "ttft_mean_s"), ("TTFT p99", "ttft_p99_s"), ("TPOT mean", "tpot_mean_s")]]),
-    ("SLO", [("attainment", "slo_attainment", 1), ("goodput (requests/s)", "goodput_rps", 1)]),
-    ("prefix cache", [("hit rate (tokens)", "prefix_hit_rate", 1),
-                      ("requests with a hit", "hit_request_share", 1),
-                      ("prefill tokens total", "prefill_tokens_total", 1),
-                      ("prefill tokens computed", "prefill_tokens_computed", 1),
-                      ("prefill reduction", "prefill_reduction", 1),
-                      ("recomputed (preemption)", "recomputed_tokens", 1),
-                      ("evictions (blocks)", "evictions", 1)]),
-    ("engine", [("KV capacity (tokens)", "kv_capacity_tokens", 1), ("KV peak use", "kv_peak_util", 1),
-                ("KV mean use", "kv_mean_util", 1), ("preemptions", "preemptions", 1),
-                ("mean batch size", "mean_batch_size", 1), ("busy fraction", "engine_busy_fraction", 1),
-                ("engine steps", "num_steps", 1)]),
-    ("simulator", [("wall time (s)", "sim_wall_s", 1), ("events", "sim_events", 1)]),
+_LATENCY_ROWS = [
+    (f"{name} {stat}", f"{key}_{stat}_s", "ms")
+    for name, key in [("TTFT", "ttft"), ("TPOT", "tpot"), ("end-to-end", "e2e"), ("queueing", "queue")]
+    for stat in ("mean", "p50", "p90", "p99")
 ]
+# (section, [(label, summary key, kind)]); a figure with a within-run 95% CI (``<key>_ci95_run``)
+# prints it after the value as ``+- half-width``.
+_SECTIONS: list[tuple[str, list[tuple[str, str, str]]]] = [
+    ("requests", [("submitted", "num_requests", "count"), ("completed", "num_completed", "count"),
+                  ("failed", "num_failed", "count"), ("measured (after warm-up)", "num_measured", "count"),
+                  ("simulated time (s)", "sim_duration_s", "s")]),
+    ("steady state", [("arrivals stopped by", "stop_reason", "text"), ("warm-up rule", "warmup_rule", "text"),
+                      ("warm-up ends (s)", "warmup_end_s", "s"), ("measured window (s)", "measured_s", "s"),
+                      ("steady", "steady", "text"), ("capacity (requests/s)", "capacity_rps", "rate")]),
+    ("throughput", [("requests/s", "throughput_rps", "rate"),
+                    ("output tokens/s", "output_tokens_per_s", "rate")]),
+    ("latency (ms)", _LATENCY_ROWS),
+    ("SLO", [("attainment", "slo_attainment", "share"), ("goodput (requests/s)", "goodput_rps", "rate")]),
+    ("prefix cache", [("hit rate (tokens)", "prefix_hit_rate", "share"),
+                      ("requests with a hit", "hit_request_share", "share"),
+                      ("prefill tokens total", "prefill_tokens_total", "count"),
+                      ("prefill tokens computed", "prefill_tokens_computed", "count"),
+                      ("prefill reduction", "prefill_reduction", "share"),
+                      ("recomputed (preemption)", "recomputed_tokens", "count"),
+                      ("evictions (blocks)", "evictions", "count")]),
+    ("engine", [("KV capacity (tokens)", "kv_capacity_tokens", "count"),
+                ("KV peak use", "kv_peak_util", "share"),
+                ("KV mean use", "kv_mean_util", "share"), ("preemptions", "preemptions", "count"),
+                ("mean batch size", "mean_batch_size", "number"),
+                ("busy fraction", "engine_busy_fraction", "share"), ("engine steps", "num_steps", "count")]),
+    ("simulator", [("wall time (s)", "sim_wall_s", "wall"), ("events", "sim_events", "count")]),
+]
+
+
+def _ci(summary: dict[str, Any], key: str, kind: str) -> str:
+    """`` +- 1.2`` when the run measured a 95% CI for this figure (``<key>_ci95_run``), else ``""``."""
+    half = summary.get(f"{key}_ci95_run")
+    return f" +- {format_value(half, kind)}" if half is not None else ""
 
 
 def render(cfg: SimConfig, result: RunResult) -> str:
@@ -104,10 +142,9 @@ def render(cfg: SimConfig, result: RunResult) -> str:
         if title == "SLO" and cfg.run.slo is None:
             continue
         lines.append(f"\n{title}")
-        for label, key, scale in rows:
-            v = s[key]
-            lines.append(f"  {label:<32} {_fmt(v * scale if v is not None and scale != 1 else v):>14}")
-            if key == "steady" and s["steady_reason"]:
+        for label, key, kind in rows:
+            lines.append(f"  {label:<28} {format_value(s.get(key), kind):>14}{_ci(s, key, kind)}")
+            if key == "steady" and s.get("steady_reason"):
                 lines.append(f"    ({s['steady_reason']})")
     return "\n".join(lines)
 

@@ -18,6 +18,12 @@ Whatever happens to one run, the sweep goes on, and every task yields exactly on
   one resend); a one-run task is tried ``max_retries`` more times, then becomes a ``failed`` row
   ``worker died: ...``. ``lost_tasks`` and ``retried_runs`` count what was resent.
 
+Executors read ``tasks`` lazily: they take the next task only when they have room for it, and
+only after the caller has handled every outcome yielded so far. So ``tasks`` may be an iterator
+that is empty now and holds more later (a capacity search puts a cell's next probe in it when
+the cell's last one comes back); the executor is done when ``tasks`` is empty and nothing is in
+flight.
+
 Test hook: ``KVSWEEP_TEST_FAULTS="raise:<run_id>,exit:<run_id>,hang:<run_id>"`` (read by the
 driver, shipped with every batch) makes those runs raise inside the simulation, kill their worker
 process with ``os._exit`` (the serial executor raises instead, since the worker is the driver), or

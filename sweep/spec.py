@@ -54,6 +54,7 @@ from pydantic import (
 
 from simcore.config import SimConfig, TraceWorkload
 from simcore.errors import ConfigError, format_validation_error
+from sweep.search import SearchSpec
 
 SEED_PATH = "run.seed"
 # Axes whose values, when all are catalog names, are already columns as "<path>.name".
@@ -87,6 +88,7 @@ class SweepSpec(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted path -> values")
     zip: list[dict[str, list[Any]]] = Field(default_factory=list, description="groups varied together")
     seeds: list[int] | None = Field(default=None, description="a list, or a count n meaning 0..n-1")
+    search: SearchSpec | None = Field(default=None, description="an SLO capacity search over one more axis")
 
     @field_validator("name")
     @classmethod
@@ -148,6 +150,9 @@ class SweepSpec(BaseModel):
                 if seed in known:
                     raise ValueError(f"seeds list {seed} twice: list each seed once")
                 known.add(seed)
+        if self.search is not None and self.search.axis in seen:
+            raise ValueError(f"search.axis {self.search.axis} is also a grid or zip axis: the search sets it,"
+                             " so drop it from the grid")
         for axis in self.axes()[: len(self.grid) + len(self.zip)]:
             buckets: dict[Any, list[tuple[Any, ...]]] = {}  # by _bucket: linear, not quadratic
             for value in axis.values:
@@ -177,7 +182,7 @@ class SweepSpec(BaseModel):
             first = exc.errors()[0]
             if not first["loc"]:  # a whole-spec check (_check_axes) says which axis itself
                 raise ConfigError(f"{path}: {first['msg'].removeprefix('Value error, ')}") from None
-            raise ConfigError(format_validation_error(exc, source=str(path))) from None
+            raise ConfigError(format_validation_error(exc, source=str(path), model=cls)) from None
 
     def to_yaml(self) -> str:
         """The resolved spec (base inline, seeds listed), as written beside the dataset."""
@@ -202,6 +207,8 @@ class SweepSpec(BaseModel):
     def expand(self, source: str = "") -> Plan:
         """Validate every run; return their ids in index order and the axis columns' types.
 
+        With a ``search``, the runs are the cells' templates (every axis but the searched one,
+        times the seeds) and each is validated with the searched axis at ``low`` and at ``high``.
         Raises :class:`ConfigError` on the first invalid run, naming the axis value at fault.
         """
         expander = _Expander(self, source)
@@ -225,7 +232,18 @@ class SweepSpec(BaseModel):
             run_ids.append(run.run_id)
             for col, value in run.axis_values.items():
                 kinds[col].add(_kind(value))
+            if self.search is not None:
+                for end in ("low", "high"):
+                    value = getattr(self.search, end)
+                    value = int(value) if float(value).is_integer() else value  # 8, not 8.0, in messages
+                    extra = {self.search.axis: value}
+                    probe = expander.run_at(index, extra=extra, extra_where=f"search.{end}")
+                    expander.check_numbers(probe, index)
+                    value = _resolved(probe.config, self.search.axis)
+                    kinds.setdefault(self.search.axis, set()).add(_kind(value))
         types = {col: _column_type(k) for col, k in kinds.items()}
+        if self.search is not None:
+            self.search.check_type(types[self.search.axis], source or self.name)
         return Plan(self, source, run_ids, types, expander, traces)
 
 
@@ -280,6 +298,17 @@ class Plan:
         resolved where they are columns (``off`` rather than YAML's ``False``)."""
         return self._expander.describe(index, self.run_at(index).axis_values)
 
+    def probe_at(self, index: int, extra: dict[str, Any]) -> RunSpec:
+        """Run ``index`` with more paths set (a capacity search's probe: the searched axis and the
+        per-request SLO); the id follows the same rule as every run's, from the resolved config."""
+        return self._expander.run_at(index, self.axis_types, extra=extra)
+
+    @property
+    def seeds_per_cell(self) -> int:
+        """Runs per cell: the seeds axis is the last digit of the run index."""
+        axes = self._expander.axes
+        return len(axes[-1].values) if axes and axes[-1].where == "seeds" else 1
+
 
 class _Expander:
     def __init__(self, spec: SweepSpec, source: str) -> None:
@@ -318,16 +347,20 @@ class _Expander:
                 parts.append(f"{name}={resolved.get(path, axis.values[pos[a]][j])!r}")
         return " ".join(parts) or "(the base config)"
 
-    def run_at(self, index: int, types: dict[str, str] | None = None) -> RunSpec:
+    def run_at(self, index: int, types: dict[str, str] | None = None, extra: dict[str, Any] | None = None,
+               extra_where: str = "search") -> RunSpec:
+        """Run ``index``; ``extra`` paths (a search's axis) are set last, and are columns too."""
         pos = self.positions(index)
         raw = dict(self.spec.base)  # set_path copies what it changes: base and values stay intact
         for a, j in self.order:
             path = self.axes[a].paths[j]
             set_path(raw, path, self.axes[a].values[pos[a]][j], self._where(a, path))
+        for path, value in (extra or {}).items():
+            set_path(raw, path, value, f"{self.source}: {extra_where} {path}")
         try:
             cfg = SimConfig.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigError(self._blame(exc, pos)) from None
+            raise ConfigError(self._blame(exc, pos, extra or {}, extra_where)) from None
         config_json = canonical_json(cfg)
         values = {}
         for a, axis in enumerate(self.axes):
@@ -335,6 +368,10 @@ class _Expander:
                 if path in self.columns:
                     value = _column_value(cfg, path, axis.values[pos[a]][j])
                     values[path] = value if types is None else coerce(value, types[path])
+        if self.spec.search is not None and extra and self.spec.search.axis in extra:
+            path = self.spec.search.axis
+            value = _column_value(cfg, path, extra[path])
+            values[path] = value if types is None or path not in types else coerce(value, types[path])
         return RunSpec(index, run_id_of(config_json), cfg, config_json, values)
 
     def check_numbers(self, run: RunSpec, index: int) -> None:
@@ -364,17 +401,21 @@ class _Expander:
     def _where(self, a: int, path: str) -> str:
         return f"{self.source}: {self.axes[a].where} axis {path}"
 
-    def _blame(self, exc: ValidationError, pos: list[int]) -> str:
+    def _blame(self, exc: ValidationError, pos: list[int], extra: dict[str, Any], extra_where: str) -> str:
         """Name the axis value the first error is about, or the base when no axis matches."""
         loc = [str(x) for x in exc.errors()[0]["loc"]]
+        for path, value in extra.items():
+            if _related(path.split("."), loc):
+                return (f"{self.source}: {extra_where} = {value!r} ({path}): "
+                        + format_validation_error(exc, model=SimConfig))
         for a, axis in enumerate(self.axes):
             for j, path in enumerate(axis.paths):
                 if _related(path.split("."), loc):
                     value = axis.values[pos[a]][j]
                     head = f"{self.source}: {axis.where} axis {path} = {value!r}: "
-                    return head + format_validation_error(exc)
+                    return head + format_validation_error(exc, model=SimConfig)
         where = "base" if not self.axes else f"base (run {self._describe(pos, {})})"
-        return f"{self.source}: {where}: " + format_validation_error(exc)
+        return f"{self.source}: {where}: " + format_validation_error(exc, model=SimConfig)
 
 
 def read_yaml(path: Path, what: str) -> dict[str, Any]:

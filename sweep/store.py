@@ -6,6 +6,7 @@
       runs/part-00000-1f3a9c0e.parquet         one row per run, many runs per part
       runs/part-00001-77b0e2d4.parquet
       requests/run_id=<run_id>/part-0.parquet  one row per request (only with --save-requests)
+      capacity/part-0.parquet                  a capacity search's answers, one row per cell
       _quarantine/runs/part-00002-...parquet   damaged parts moved aside on resume (never read)
       .kvsweep.lock                            while a sweep writes here (local paths only)
 
@@ -82,6 +83,7 @@ CONTEXT_COLUMNS: dict[str, str] = {
 TAIL_COLUMNS: dict[str, str] = {"kvsweep_version": "str", "config_json": "str"}
 STATUSES = ("ok", "no_data", "infeasible", "failed")
 META_FILE = "_kvsweep.json"
+CAPACITY_DIR = "capacity"
 SPEC_FILE = "spec.yaml"
 _PART_RE = re.compile(r"^part-(\d{5,})-[0-9a-f]{8}\.parquet$")
 
@@ -290,18 +292,9 @@ class Dataset:
         if is_file:
             raise ConfigError(f"--out {self.uri} is a file, not a folder: choose another --out")
         if resumed:
-            meta = self._load_meta(meta_path)
-            if meta.get("sweep") != sweep:
-                raise ConfigError(
-                    f"--out {self.uri} holds sweep {meta.get('sweep')!r}, not {sweep!r}: choose another --out"
-                )
-            spec_path = f"{self.root}/{SPEC_FILE}"
-            old_spec = self._load_yaml(spec_path) if self._exists(spec_path) else None
-            if old_spec is not None and old_spec != yaml.safe_load(spec_yaml):
-                raise ConfigError(
-                    f"--out {self.uri} holds sweep {sweep!r} from a different spec ({spec_path}):"
-                    " rerun with that spec to resume, or choose another --out"
-                )
+            conflict = self.conflict(sweep, spec_yaml)
+            if conflict:
+                raise ConfigError(conflict)
             self._remove_temporaries()
             self._probe()
             return True
@@ -313,6 +306,24 @@ class Dataset:
         meta = {"version": version, "sweep": sweep, "created": created}
         self._write_text(meta_path, json.dumps(meta, indent=2) + "\n")
         return False
+
+    def conflict(self, sweep: str, spec_yaml: str) -> str | None:
+        """Why this folder cannot take sweep ``sweep`` of spec ``spec_yaml`` (another sweep, or the
+        same sweep from a different spec), or None when it can (empty, or the same spec: resume).
+        Raises :class:`ConfigError` when its metadata is damaged."""
+        meta_path = f"{self.root}/{META_FILE}"
+        with _writing(self.root, "read"):
+            if not self._exists(meta_path):
+                return None
+        meta = self._load_meta(meta_path)
+        if meta.get("sweep") != sweep:
+            return f"--out {self.uri} holds sweep {meta.get('sweep')!r}, not {sweep!r}: choose another --out"
+        spec_path = f"{self.root}/{SPEC_FILE}"
+        old_spec = self._load_yaml(spec_path) if self._exists(spec_path) else None
+        if old_spec is not None and old_spec != yaml.safe_load(spec_yaml):
+            return (f"--out {self.uri} holds sweep {sweep!r} from a different spec ({spec_path}):"
+                    " rerun with that spec to resume, or choose another --out")
+        return None
 
     def _load_meta(self, path: str) -> dict[str, Any]:
         try:
@@ -467,6 +478,14 @@ class Dataset:
 
     def write_requests(self, run_id: str, table: pa.Table) -> None:
         folder = f"{self.requests_dir}/run_id={run_id}"
+        with _writing(folder, "create"):
+            self.fs.create_dir(folder, recursive=True)
+        self._write_table(f"{folder}/part-0.parquet", table)
+
+    def write_capacity(self, table: pa.Table) -> None:
+        """Replace ``capacity/part-0.parquet``: a capacity search's answers, one row per cell
+        (:mod:`sweep.capacity`). Rewritten whole each time: it follows from the probes in runs/."""
+        folder = f"{self.root}/{CAPACITY_DIR}"
         with _writing(folder, "create"):
             self.fs.create_dir(folder, recursive=True)
         self._write_table(f"{folder}/part-0.parquet", table)

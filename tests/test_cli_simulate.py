@@ -31,7 +31,10 @@ def test_simulate_prints_summary_and_writes_json(tmp_path, capsys):
     [
         (["model=Llama-9"], r"model = 'Llama-9': unknown model 'Llama-9': use one of"),
         (["gpu.memory_gib=-4"], r"gpu\.memory_gib = -4: must be > 0 \(raise it\)"),
-        (["engine.prefix_cachin=off"], r"engine\.prefix_cachin = .*not permitted \(remove it or check"),
+        (["engine.prefix_cachin=off"],
+         r"engine\.prefix_cachin = .*not permitted \(did you mean engine\.prefix_caching\?"),
+        (["engine.bogus_knob=1"],
+         r"engine\.bogus_knob = 1: .*not permitted \(remove it or check its spelling\)"),
         (["workload.user_tokens=0"], r"workload\.user_tokens = 0: .*must be positive"),
         (["workload.think_time_s=.inf"], r"workload\.think_time_s\.value = inf: .*finite"),
         (["run.seed=-3"], r"run\.seed = -3"),
@@ -69,8 +72,9 @@ def test_simulate_shows_the_steady_verdict_and_a_no_data_run(capsys):
     assert re.search(r"warm-up rule +mser5", text)
     too_few = r"steady +no\n +\(too few measured requests \(\d+; a verdict needs 320: 5 per user\)"
     assert re.search(too_few, text)
-    assert re.search(r"TTFT mean 95% CI in the run \(\+-\) +\d", text)
-    assert re.search(r"SLO\n  attainment +1\n", text)
+    assert re.search(r"TTFT mean +[\d,]+\.\d \+- [\d,]+\.\d\n", text)  # ms, with the run's 95% CI
+    assert re.search(r"requests/s +[\d,]+\.\d\d \+- [\d,]+\.\d\d\n", text)
+    assert re.search(r"SLO\n  attainment +100\.0%\n", text)
     assert main(["simulate", CHAT, "--set", "run.duration_s=5", "--set", "run.warmup_s=10"]) == 1
     text = capsys.readouterr().out
     assert "status: no_data: no request arrived in the measured window: warm-up ends at 10 s" in text

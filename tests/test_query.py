@@ -59,7 +59,8 @@ def test_query_requests_view_is_partitioned_by_run(sweep_dir: Path) -> None:
 
 def test_query_without_requests_explains(tmp_path: Path) -> None:
     out = write_dataset(tmp_path / "d", [{"seed": 0}])
-    with pytest.raises(ConfigError, match=r"^bad SQL: .*requests.*\(this sweep recorded no requests"):
+    hint = r"\(the sweep saved no per-request rows: run it again with --save-requests"
+    with pytest.raises(ConfigError, match=r"^bad SQL: .*requests.*" + hint):
         cmd_report.query(out, "SELECT * FROM requests")
 
 

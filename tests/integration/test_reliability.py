@@ -35,8 +35,9 @@ from tests.simhelpers import tiny_sweep
 pytestmark = [pytest.mark.ray]
 
 TINY = tiny_sweep("rel")
-# Runs of 35-85 ms, so that kills and node loss land while tasks run.
-SLOW = TINY.replace("num_requests: 20", "num_requests: 150").replace("[2, 4, 8]", "[2, 4, 8, 16]").replace(
+# Runs of 60-80 ms (2,000 requests), so that kills and node loss land while tasks run (at 150
+# requests the simulator's speed let a 64-run sweep end before the killer's second kill).
+SLOW = TINY.replace("num_requests: 20", "num_requests: 2000").replace("[2, 4, 8]", "[2, 4, 8, 16]").replace(
     "[4, 40]", "[40]")
 
 
@@ -183,7 +184,7 @@ def test_driver_killed_then_rerun_gives_every_run_once(ray_local: Any, tmp_path:
         row["run_id"]: row for row in before.to_pylist()}
     requests = ds.dataset(out / "requests", format="parquet", partitioning="hive").to_table()
     per_run = Counter(requests.column("run_id").to_pylist())
-    assert per_run == {r: 150 for r in rows}  # runs redone after the kill overwrote, not added
+    assert per_run == {r: 2000 for r in rows}  # runs redone after the kill overwrote, not added
 
 
 # ---- 4. a damaged dataset --------------------------------------------------------------------
