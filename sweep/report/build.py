@@ -14,6 +14,7 @@ from sweep.analysis import CACHING_AXIS
 from sweep.report.absolute import section_absolute
 from sweep.report.capacity import capacities, capacity_findings, capacity_section
 from sweep.report.cells import COMPARE_METRICS
+from sweep.report.cluster import cluster_section
 from sweep.report.context import Context
 from sweep.report.fmt import label, num, slug
 from sweep.report.page import Page, render
@@ -92,6 +93,11 @@ def write_report(path: str | Path, out: str | Path | None = None, slo: str | Slo
         failures=failures_table(df, [c for c in cell_axes if c != "model.name"]),
     )
     ctx = Context(out=out_dir, roles=roles, slo=objective or (caps[0].slo if caps else None))
+    routers, found = cluster_section(ctx, df, varied)
+    if routers:
+        page.nav.append('<a href="#routers-and-tiers">Routers and CPU tiers</a>')
+        page.sections.append(routers)
+        page.findings.extend(found)
     for model in model_order(df, info):
         _model_sections(ctx, page, df[df["model.name"] == model], str(model))
     index = out_dir / "index.html"
