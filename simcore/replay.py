@@ -333,7 +333,10 @@ def replay_cluster(
             assert snapshot_interval_s is not None
             for v in views:  # the state at the grid time: no request came in between
                 v.snapshot = v.cache.pool.cached_hashes()
-            next_refresh = (math.floor(req.arrival_s / snapshot_interval_s) + 1) * snapshot_interval_s
+            k = math.floor(req.arrival_s / snapshot_interval_s) + 1
+            while k * snapshot_interval_s <= req.arrival_s:  # (floor of a rounded quotient may lag)
+                k += 1
+            next_refresh = k * snapshot_interval_s
         i = router.route(RouteRequest(session, hs, req.prompt_tokens), views) if replicas > 1 else 0
         view = views[i]
         view.outstanding_requests += 1
