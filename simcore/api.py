@@ -47,7 +47,8 @@ def simulate(cfg: SimConfig, wall_limit_s: float | None = None) -> RunResult:
     if reason is not None:
         return RunResult("infeasible", empty_summary(), error=reason)
     cluster = Cluster(cfg, num_blocks, wall_limit_s)
-    Workload(cfg).start(cluster)
+    # one replica: the router steps aside and the workload talks to the engine itself
+    Workload(cfg).start(cluster if len(cluster.engines) > 1 else cluster.engines[0])
     cluster.run()
     parts = [e.counters for e in cluster.engines]
     counters = merge_counters(parts)

@@ -243,6 +243,7 @@ class Engine:
     def _loop(self) -> Generator[Any, Any, None]:
         env = self.env
         sched = self.scheduler
+        clustered = self._note is not None  # only a replica keeps a lookahead (see _next)
         n = 0
         while True:
             n += 1
@@ -268,7 +269,8 @@ class Engine:
                 continue
             self.counters.events += 1
             if sched.plan is None:
-                self._next(end)
+                if clustered:
+                    self._next(end)
                 yield Late(env, end - now)
                 continue
             # a planned window runs when it ends, unless a router needs it sooner (_cut)

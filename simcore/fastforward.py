@@ -160,8 +160,8 @@ class FastScheduler(Scheduler):
         while True:
             for req in new:  # the completion's time exactly as SimPy will compute it
                 horizon = min(horizon, now + req.completion_delay(now))
-            for _, ready in self.loads:  # a CPU tier copy that lands brings its request back
-                horizon = min(horizon, ready)
+            if self.loads:  # a CPU tier copy that lands brings its request back
+                horizon = min(horizon, *(ready for _, ready in self.loads))
             if self.plan is not None or not self.has_work() or end == start:  # (no step: in_flight)
                 return end, finished
             if end >= horizon or n == CHAIN:
@@ -261,7 +261,18 @@ class FastScheduler(Scheduler):
         """Time pure decode steps from step D until ``last`` or until one ends at or after
         ``horizon``; return (end time, last step run). The counters get exactly the reference's
         per-step updates, in the same order; blocks in use grow by each step's allocations."""
-        return self._apply_steps(self._steps(now, horizon, r, last))
+        c = self.counters
+        attn = self.sum_c0_minus_d0 + r * self.D + r  # sum of (computed + 1) over members
+        acc = (c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks)
+        t, step, t_first, c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks = self._steps_fn(
+            now, horizon, r, self.D, last, attn, self.pool.num_used(), self._phase, self.cost.terms, acc
+        )
+        c.steps += step - self.D + 1
+        if self._first_pending:
+            for req in self._first_pending:
+                req.record.first_token_s = t_first
+            self._first_pending.clear()
+        return t, step
 
     def _steps(self, now: float, horizon: float, r: int, last: int) -> StepsResult:
         """:func:`decode_steps` from the current state (a pure computation)."""

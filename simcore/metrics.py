@@ -211,7 +211,7 @@ def summarize(
     prompt_total = int(s.prompt[m].sum())
     hits = int(s.cached[m].sum())
     measured = [r for r, keep in zip(records, m.tolist(), strict=True) if keep]
-    cpu_hits = sum(r.cpu_cached_tokens for r in measured)
+    cpu_hits = sum(r.cpu_cached_tokens for r in measured) if cpu_capacity_blocks else 0
     row: dict[str, Any] = {
         "num_requests": len(records),
         "num_completed": sum(r.status == "completed" for r in records),
@@ -245,7 +245,7 @@ def summarize(
         "hit_rate_cpu": ratio(cpu_hits, prompt_total),
         "cpu_capacity_blocks": cpu_capacity_blocks,
         "cpu_loaded_blocks": counters.cpu_loaded_blocks,
-        **_replica_fields(records, measured, parts),
+        **_replica_fields(records, measured, parts, prompt_total, hits),
     }
     row = {key: row[key] for key in SUMMARY_FIELDS}
     if not row["num_measured"]:
@@ -254,18 +254,22 @@ def summarize(
 
 
 def _replica_fields(
-    records: Sequence[RequestRecord], measured: Sequence[RequestRecord], parts: Sequence[Counters]
+    records: Sequence[RequestRecord], measured: Sequence[RequestRecord], parts: Sequence[Counters],
+    prompt_total: int, hits: int,
 ) -> dict[str, Any]:
     """Load imbalance and hit rate per replica (see the module notes)."""
     n = len(parts)
-    served = [0] * n
-    for r in records:
-        served[r.replica] += 1
-    prompt = [0] * n
-    hit = [0] * n
-    for r in measured:
-        prompt[r.replica] += r.prompt_tokens
-        hit[r.replica] += r.cached_tokens
+    if n == 1:  # one engine: everything on replica 0 (no loop over the records)
+        served, prompt, hit = [len(records)], [prompt_total], [hits]
+    else:
+        served = [0] * n
+        for r in records:
+            served[r.replica] += 1
+        prompt = [0] * n
+        hit = [0] * n
+        for r in measured:
+            prompt[r.replica] += r.prompt_tokens
+            hit[r.replica] += r.cached_tokens
     rates = [h / p if p else None for h, p in zip(hit, prompt, strict=True)]
     known = [x for x in rates if x is not None]
     busy = [c.busy_s for c in parts]

@@ -126,7 +126,8 @@ class Scheduler:
             req.admit_seq = self._admissions
             self._admissions += 1
             self.running[req.admit_seq] = req
-            self._first_admission(req, now)
+            if not req.admitted:
+                self._first_admission(req, now)
             out.append((req, n))
             budget -= n
         return out
