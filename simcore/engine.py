@@ -59,7 +59,9 @@ class Late(simpy.Event):
     """Fires ``delay`` seconds from now, after every ordinary event due at that time."""
 
     def __init__(self, env: simpy.Environment, delay: float) -> None:
-        super().__init__(env)
+        # Event.__init__'s fields set here directly: one call less per engine step
+        self.env = env
+        self.callbacks = []
         self._ok = True
         self._value = None
         env.schedule(self, LATE, delay)

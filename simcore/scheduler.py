@@ -126,14 +126,20 @@ class Scheduler:
             req.admit_seq = self._admissions
             self._admissions += 1
             self.running[req.admit_seq] = req
-            if not req.admitted:
-                self._first_admission(req, now)
+            if not req.admitted:  # hit-rate figures count first admissions only (as vLLM)
+                req.admitted = True
+                rec = req.record
+                rec.admitted_s = now
+                rec.cached_tokens = req.num_computed
+                if self.cache_full_s is None and self.pool.evictions:
+                    self.cache_full_s = now
             out.append((req, n))
             budget -= n
         return out
 
     def _first_admission(self, req: Request, now: float) -> None:
-        """Hit-rate figures count first admissions only (as vLLM)."""
+        """Hit-rate figures count first admissions only (as vLLM); this one, of a request that
+        waits for CPU tier copies, counts them as hits from CPU memory."""
         if not req.admitted:
             req.admitted = True
             req.record.admitted_s = now
