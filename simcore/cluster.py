@@ -42,7 +42,7 @@ from typing import Any
 import simpy
 
 from simcore.config import SimConfig
-from simcore.engine import STEADY_CHECK_GROWTH, STEADY_FIRST_CHECK, STEADY_MIN_STEP, Engine
+from simcore.engine import STEADY_CHECK_GROWTH, STEADY_FIRST_CHECK, STEADY_MIN_STEP, Engine, limit_reached
 from simcore.hashing import TokenSeq
 from simcore.metrics import RequestRecord
 from simcore.request import Request
@@ -133,12 +133,10 @@ class Cluster:
             if self._monitor is not None:
                 self._check_steady(now)
             if self._stop_reason is None:
-                if len(self.records) < self._max_requests and now < self._stop_at:
+                reached = limit_reached(len(self.records), self._max_requests, now, self._stop_at)
+                if reached is None:
                     return True
-                if len(self.records) >= self._max_requests:
-                    self._stop_reason = "num_requests"
-                else:
-                    self._stop_reason, self._stopped_at = "duration_s", self._stop_at
+                self._stop_reason, self._stopped_at = reached
         return False
 
     @property

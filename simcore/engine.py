@@ -67,6 +67,15 @@ class Late(simpy.Event):
         env.schedule(self, LATE, delay)
 
 
+def limit_reached(arrived: int, max_requests: float, now: float, stop_at: float
+                  ) -> tuple[str, float | None] | None:
+    """None while a run's limits allow another arrival; else why arrivals stop and when (the
+    duration; None for the request count: the last arrival's time)."""
+    if arrived < max_requests and now < stop_at:
+        return None
+    return ("num_requests", None) if arrived >= max_requests else ("duration_s", stop_at)
+
+
 class SimulationTimeout(RuntimeError):
     """The run exceeded its wall-clock budget (``simulate(cfg, wall_limit_s=...)``)."""
 
@@ -171,12 +180,10 @@ class Engine:
     def may_submit(self) -> bool:
         """Whether the run still accepts arrivals (request count, duration and the steady check)."""
         if self.stop_reason is None:
-            if len(self.records) < self._max_requests and self.env.now < self._stop_s:
+            reached = limit_reached(len(self.records), self._max_requests, self.env.now, self._stop_s)
+            if reached is None:
                 return True
-            if len(self.records) >= self._max_requests:
-                self.stop_reason = "num_requests"
-            else:
-                self.stop_reason, self._stopped_at = "duration_s", self._stop_s
+            self.stop_reason, self._stopped_at = reached
         return False
 
     @property

@@ -249,24 +249,23 @@ class FastScheduler(Scheduler):
         self.plan = None
         if limit <= now:
             return now, []
-        if limit >= end:
-            t, step = self._apply_steps(self._plan_result)
-        else:
-            t, step = self._decode_steps(now, limit, len(self.group), last)
+        planned = self._plan_result if limit >= end else None  # in full: what the plan computed
+        t, step = self._decode_steps(now, limit, len(self.group), last, planned)
         self._block_events(self.D, step)
         self.D = step + 1
         return t, self._finish_members(step, t)
 
-    def _decode_steps(self, now: float, horizon: float, r: int, last: int) -> tuple[float, int]:
+    def _decode_steps(
+        self, now: float, horizon: float, r: int, last: int, planned: StepsResult | None = None
+    ) -> tuple[float, int]:
         """Time pure decode steps from step D until ``last`` or until one ends at or after
         ``horizon``; return (end time, last step run). The counters get exactly the reference's
-        per-step updates, in the same order; blocks in use grow by each step's allocations."""
+        per-step updates, in the same order; blocks in use grow by each step's allocations.
+        ``planned``: :meth:`_steps`' result for these arguments, already computed (a plan)."""
         c = self.counters
-        attn = self.sum_c0_minus_d0 + r * self.D + r  # sum of (computed + 1) over members
-        acc = (c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks)
-        t, step, t_first, c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks = self._steps_fn(
-            now, horizon, r, self.D, last, attn, self.pool.num_used(), self._phase, self.cost.terms, acc
-        )
+        if planned is None:
+            planned = self._steps(now, horizon, r, last)
+        t, step, t_first, c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks = planned
         c.steps += step - self.D + 1
         if self._first_pending:
             for req in self._first_pending:
@@ -282,17 +281,6 @@ class FastScheduler(Scheduler):
         return self._steps_fn(  # type: ignore[no-any-return]
             now, horizon, r, self.D, last, attn, self.pool.num_used(), self._phase, self.cost.terms, acc
         )
-
-    def _apply_steps(self, res: StepsResult) -> tuple[float, int]:
-        """Charge :meth:`_steps`' result to the counters; return (end time, last step run)."""
-        c = self.counters
-        t, step, t_first, c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks = res
-        c.steps += step - self.D + 1
-        if self._first_pending:
-            for req in self._first_pending:
-                req.record.first_token_s = t_first
-            self._first_pending.clear()
-        return t, step
 
     def _finish_members(self, step: int, end: float) -> list[Request]:
         """Members whose last token comes out of ``step`` (ending at ``end``) finish."""

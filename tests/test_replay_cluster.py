@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -13,7 +12,7 @@ from simcore.errors import ConfigError
 from simcore.replay import ClusterReplayResult, replay_cluster, request_block_hashes
 from simcore.router import make_router
 from simcore.traces import TraceRequest, infer_conversations, load_trace
-from sweep import cmd_replay
+from tests.test_replay import run_cli
 
 BS = 512
 CONVERSATION = Path(__file__).parents[1].parent / "shared/data/traces/conversation_trace.jsonl"
@@ -125,12 +124,6 @@ def test_mooncake_routers_order_on_hit_rate() -> None:
 
 
 # ---- the command --------------------------------------------------------------------------
-def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="kvsweep replay")
-    cmd_replay.add_arguments(parser)
-    return cmd_replay.main(parser.parse_args(argv))
-
-
 @pytest.fixture
 def chats(tmp_path: Path) -> Path:
     p = tmp_path / "chats.jsonl"
