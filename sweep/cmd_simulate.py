@@ -141,7 +141,8 @@ def _ci(summary: dict[str, Any], key: str, kind: str) -> str:
 def render(cfg: SimConfig, result: RunResult) -> str:
     e = cfg.engine
     head = (f"{cfg.model.name} on {cfg.gpu.name} x{e.tensor_parallel}, {cfg.workload.kind} workload, "
-            f"prefix caching {e.prefix_caching}, seed {cfg.run.seed}, mode {cfg.run.mode}")
+            f"prefix caching {e.prefix_caching}, seed {cfg.run.seed}, mode {cfg.run.mode}, "
+            f"cost profile {e.cost.profile}")
     if cfg.cluster.replicas > 1:
         head += f", {cfg.cluster.replicas} replicas behind {cfg.cluster.router}"
     if result.status == "infeasible":
