@@ -59,6 +59,7 @@ cdef struct Blk:
     int32_t ref       # reference count
     char hashed
     char in_lru
+    char gone         # set while leading_run_evicting counts it evicted
 
 
 cdef struct Slot:
@@ -351,6 +352,32 @@ cdef class CBlockPool:
         cdef Py_ssize_t j = 0
         while j < n and self._find(hp[j]) != 0:
             j += 1
+        return j
+
+    def leading_run_evicting(self, hashes, Py_ssize_t max_blocks, Py_ssize_t m):
+        """``BlockPool.leading_run_evicting``: the leading run once the ``m`` least recently
+        used cached free blocks are evicted (flagged while it counts), or -1 with a hash held
+        twice."""
+        if self.dups:
+            return -1
+        cdef array.array ha = _i64(hashes)
+        cdef int64_t* hp = <int64_t*>ha.data.as_longlongs
+        cdef Py_ssize_t n = min(max_blocks, len(ha))
+        cdef Py_ssize_t j = 0, k = 0, b = self.head
+        while k < m and b != NONE:
+            self.blk[b].gone = 1
+            b = self.blk[b].nxt
+            k += 1
+        while j < n:
+            b = self._find(hp[j])
+            if b == 0 or self.blk[b].gone:
+                break
+            j += 1
+        b = self.head
+        while k:
+            self.blk[b].gone = 0
+            b = self.blk[b].nxt
+            k -= 1
         return j
 
     def longest_hit_hinted(self, hashes, Py_ssize_t max_blocks, hint=None):

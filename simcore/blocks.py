@@ -33,6 +33,7 @@ import math
 from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
+from itertools import islice
 
 NULL_BLOCK = 0
 
@@ -119,6 +120,22 @@ class BlockPool:
         n = 0
         for h in hashes[:max_blocks]:
             if get(h) is None:
+                break
+            n += 1
+        return n
+
+    def leading_run_evicting(self, hashes: Sequence[int], max_blocks: int, m: int) -> int:
+        """:meth:`leading_run` as it will be once the next allocations have evicted the ``m``
+        least recently used cached free blocks; -1 (no answer) while a hash has a second
+        holder (an eviction may then move it instead of dropping it)."""
+        if self._dup_blocks:
+            return -1
+        gone = set(islice(self._cached_free, m))
+        get = self._hash_to_block.get
+        n = 0
+        for h in hashes[:max_blocks]:
+            b = get(h)
+            if b is None or b in gone:
                 break
             n += 1
         return n

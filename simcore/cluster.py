@@ -131,6 +131,8 @@ class Cluster:
         if self._stop_reason is None:
             now = self.env.now
             if self._monitor is not None:
+                for e in self.engines:  # completions a deferred window holds back count too
+                    e.report_finished()
                 self._check_steady(now)
             if self._stop_reason is None:
                 reached = limit_reached(len(self.records), self._max_requests, now, self._stop_at)

@@ -155,6 +155,11 @@ class Engine:
         )
         if isinstance(self.scheduler, FastScheduler) and note is not None:  # a replica of a cluster
             self.scheduler.tentative = True
+        # a replica's planned window that ends with finishes runs when those could first
+        # complete (its lookahead), not when it ends: anything that needs this engine sooner
+        # runs it then (_cut). Not with a CPU tier: a copy started by a path run late could land
+        # in the past
+        self._defer = isinstance(self.scheduler, FastScheduler) and note is not None and self.cpu is None
         self.scheduler.load_time = self._load_time
         self._link_free = 0.0  # when the host link finishes the copies queued on it
         self._loads_at: list[float] = []  # when the CPU tier copies under way land (a min-heap)
@@ -253,7 +258,9 @@ class Engine:
         env = self.env
         sched = self.scheduler
         clustered = self._note is not None  # only a replica keeps a lookahead (see _next)
+        defer = self._defer
         n = 0
+        start = 0.0  # when the next step starts: now, or earlier after a deferred window (_defer)
         while True:
             n += 1
             if self._deadline is not None and n % 256 == 0 and time.perf_counter() > self._deadline:
@@ -263,40 +270,52 @@ class Engine:
                 )
             if not sched.has_work():
                 yield from self._idle()
+                start = env.now
                 continue
             now = env.now
             horizon = self._horizon()
             if self._loads_at and self._loads_at[0] < horizon:
                 horizon = self._loads_at[0]
-            end, finished = sched.advance(now, horizon)
+            end, finished = sched.advance(start, horizon)
             if finished:
                 self._finished(now, finished)
             if sched.loads:
                 self._start_loads(now)
-            if end == now:  # no step: what could run waits for CPU tier copies; a landing wakes us
+            if end == start:  # no step: what could run waits for CPU tier copies; a landing wakes us
                 yield from self._idle()
+                start = env.now
                 continue
-            self.counters.events += 1
             if sched.plan is None:
+                if end < now:  # a deferred start's chain stopped short (CHAIN paths): go on
+                    start = end
+                    continue
+                self.counters.events += 1
                 if clustered:
                     self._next(end)
                 yield Late(env, end - now)
+                start = end
                 continue
-            # a planned window runs when it ends, unless a router needs it sooner (_cut)
+            self.counters.events += 1
+            # a planned window runs when it ends (or, deferred, when its completions could
+            # first fire), unless a router needs it sooner (_cut)
             end = sched.plan[2]
             self._next(end)
             self._was_cut = False
-            yield Late(env, end - now)
+            wake = self.lookahead if defer and self.lookahead < math.inf else end
+            assert wake >= now, "a deferred window's completions would fire in the past"
+            yield Late(env, wake - now)
+            start = env.now
             if self._was_cut:
                 continue
             assert isinstance(sched, FastScheduler)  # only it plans windows
             end, finished = sched.run_plan(math.inf)
             if finished:
-                self._finished(end, finished)
-                if any(req.then_wait_s == 0 for req in finished):
+                self._finished(start, finished)
+                if end == start and any(req.then_wait_s == 0 for req in finished):
                     # a completion due now (no client wait) runs before the next schedule
                     self.counters.events += 1
                     yield Late(env, 0.0)
+            start = end
 
     def _idle(self) -> Generator[Any, Any, None]:
         """Wait for a submission (or a landing CPU tier copy), then let everything else due at
@@ -380,13 +399,27 @@ class Engine:
 
     def _cut(self) -> None:
         """Run the planned window's steps that started before now (a router needs this engine
-        now); the loop resumes where the last of them ends."""
+        now), and, when the window was deferred past its end (:attr:`_defer`), every path after
+        it that started before now; the loop resumes where the last of them ends."""
         now = self.env.now
         sched = self.scheduler
         assert isinstance(sched, FastScheduler)  # only it plans windows
         end, finished = sched.run_plan(now)
         if finished:
             self._finished(now, finished)
+        while end < now and sched.has_work():  # deferred: go on to now, as the loop would have
+            if sched.plan is None:
+                step_end, finished = sched.advance(end, now)
+                if finished:
+                    self._finished(now, finished)
+                assert not sched.loads and step_end > end, "no deferral with a CPU tier"
+                if sched.plan is None:
+                    end = step_end
+                    continue
+            end, finished = sched.run_plan(now)
+            if finished:
+                self._finished(now, finished)
+        end = max(end, now)  # (nothing left to run: the loop goes idle now)
         self._next(end)
         self._was_cut = True
         # the loop waits for the plan's end: make it wake at ``end`` instead (what SimPy's
@@ -398,24 +431,37 @@ class Engine:
         proc._target = wake
         self.counters.events += 1
 
-    def _sync_load(self) -> None:
-        """Before a router reads the load: a planned window's last step may finish requests,
-        and then it counts once that step has started."""
+    def report_finished(self) -> None:
+        """Report every request that finished before now: run a deferred window that ended
+        before now, and what followed it (see :attr:`_defer`)."""
         sched = self.scheduler
-        if sched.plan is not None:
-            assert isinstance(sched, FastScheduler)  # only it plans windows
-            if self.env.now > sched.plan_last_start():
-                self._cut()
+        if sched.plan is not None and sched.plan[2] < self.env.now:
+            self._cut()
+
+    def _finished_unrun(self) -> Sequence[Request]:
+        """Requests that have finished by now (a request counts as finished once the step that
+        finishes it has started) which a planned window has not run yet: its last step's
+        finishers once that step has started. A window deferred past its end is run instead
+        (the paths after it may finish more)."""
+        sched = self.scheduler
+        if sched.plan is None:
+            return ()
+        assert isinstance(sched, FastScheduler)  # only it plans windows
+        now = self.env.now
+        if now > sched.plan[2]:
+            self._cut()
+            return ()
+        return sched.plan_finishers() if now > sched.plan_last_start() else ()
 
     @property
     def outstanding_requests(self) -> int:
-        self._sync_load()
-        return self._outstanding_requests
+        unrun = len(self._finished_unrun())  # (first: it may run the window)
+        return self._outstanding_requests - unrun
 
     @property
     def outstanding_tokens(self) -> int:
-        self._sync_load()
-        return self._outstanding_tokens
+        unrun = sum(req.prompt_len for req in self._finished_unrun())  # (first: it may run the window)
+        return self._outstanding_tokens - unrun
 
     def _next(self, start: float) -> None:
         """The loop runs next at ``start``; update :attr:`lookahead`: the earliest time a request
@@ -436,19 +482,25 @@ class Engine:
 
     # ---- a router's questions (read-only) ------------------------------------------------------
     def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
-        """Tokens of the longest leading run of ``hashes`` held here (whole blocks)."""
-        self._sync_cache()
-        return self.kv.cached_prefix_tokens(hashes)
+        """Tokens of the longest leading run of ``hashes`` held here (whole blocks).
 
-    def _sync_cache(self) -> None:
-        """Before a router asks about a prompt: run a planned window up to now if what it has
-        done by now changes the answer (it evicted a block; the hashes it added are its members'
-        replies, which no prompt arriving now can hold)."""
+        A planned window's steps that started before now count: the blocks they evicted are
+        gone (the hashes they added are their members' replies, which no prompt arriving now
+        can hold). The pool answers as if those evictions had happened, so the window goes on
+        uncut; with a CPU tier (evictions feed it) or a hash held twice, the window is run up
+        to now instead, as is one deferred past its end."""
         sched = self.scheduler
         if sched.plan is not None:
             assert isinstance(sched, FastScheduler)  # only it plans windows
-            if sched.plan_evicts_before(self.env.now):
+            now = self.env.now
+            m = -1 if now > sched.plan[2] else sched.plan_evictions_before(now)
+            if m > 0 and self.cpu is None:
+                n = self.pool.leading_run_evicting(hashes, len(hashes), m)
+                if n >= 0:
+                    return n * self.kv.block_size
+            if m:
                 self._cut()
+        return self.kv.cached_prefix_tokens(hashes)
 
     def held_hashes(self) -> tuple[frozenset[int], frozenset[int]]:
         """Every hash held here now, in GPU memory and in the CPU tier (a router's snapshot: kept

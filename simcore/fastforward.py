@@ -214,6 +214,7 @@ class FastScheduler(Scheduler):
         self.plan = (now, last, res[0])
         self._plan_result = res  # what running it in full applies (nothing changes until then)
         self._plan_last_start: float | None = None
+        self._plan_finishers: list[Request] | None = None
         return res[0], []
 
     def plan_last_start(self) -> float:
@@ -225,20 +226,41 @@ class FastScheduler(Scheduler):
                                                                            last - 1)[0]
         return self._plan_last_start
 
-    def plan_evicts_before(self, t: float) -> bool:
-        """Whether the planned window's steps that start before ``t`` evict a cached block (only
-        then do they change what a lookup finds: their new hashes are their members' replies,
-        which no other prompt holds)."""
+    def plan_finishers(self) -> list[Request]:
+        """The members the planned window's last step finishes (none when it ends for want of
+        free blocks): the valid finish-heap entries at its last step, the heap's least."""
+        assert self.plan is not None
+        if self._plan_finishers is None:
+            last = self.plan[1]
+            heap = self._finish_heap
+            out = []
+            todo = [0] if heap else []
+            while todo:  # the heap's entries at step <= last: a subtree at its root
+                i = todo.pop()
+                step, _, epoch, req = heap[i]
+                if step > last:
+                    continue
+                if req.epoch == epoch:
+                    out.append(req)
+                todo += [c for c in (2 * i + 1, 2 * i + 2) if c < len(heap)]
+            self._plan_finishers = out
+        return self._plan_finishers
+
+    def plan_evictions_before(self, t: float) -> int:
+        """How many cached blocks the planned window's steps that start before ``t`` evict:
+        the least recently used ``m`` of the free queue (allocations take the blocks without a
+        hash first). Only those change what a lookup finds: the window's new hashes are its
+        members' replies, which no other prompt holds."""
         assert self.plan is not None
         now, last, _ = self.plan
         if t <= now:
-            return False
+            return 0
         r = len(self.group)
         step = self._steps(now, t, r, last)[1]  # the last step that starts before t
         bs = self.block_size
         n = step - self.D + 1
         allocs = (n // bs) * r + sum(len(self._phase[-s % bs]) for s in range(step - n % bs + 1, step + 1))
-        return allocs > self.pool.num_free_uncached()
+        return max(0, int(allocs - self.pool.num_free_uncached()))
 
     def run_plan(self, limit: float) -> tuple[float, list[Request]]:
         """Run the planned window's steps that start before ``limit`` (all of them for

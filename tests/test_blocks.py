@@ -63,6 +63,31 @@ def test_touch_takes_a_cached_block_out_of_the_queue_and_refree_moves_it_to_the_
     assert pool.free_queue() == [3, 4, 2, 1]
 
 
+def test_leading_run_evicting_answers_as_after_the_next_allocations(Pool):
+    pool = Pool(8)
+    a = pool.allocate(4)
+    for i, b in enumerate(a):
+        pool.cache_block(b, 10 + i)  # chain 10, 11, 12, 13 on blocks 1..4
+    pool.free(a[2:])  # LRU: block 4 (hash 13), then block 3 (hash 12)
+    pool.free(a[:2])  # ... then block 2 (11), block 1 (10)
+    assert pool.free_queue() == [5, 6, 7, 4, 3, 2, 1]
+    chain = [10, 11, 12, 13]
+    assert pool.leading_run_evicting(chain, 4, 0) == pool.leading_run(chain, 4) == 4
+    # the next 3 + m allocations take the 3 never-used blocks, then evict the m least recent
+    assert pool.leading_run_evicting(chain, 4, 1) == 3  # block 4 (13) gone
+    assert pool.leading_run_evicting(chain, 4, 2) == 2  # ... and block 3 (12)
+    assert pool.leading_run_evicting(chain, 4, 3) == 1
+    assert pool.leading_run_evicting(chain, 4, 9) == 0
+    assert pool.leading_run_evicting(chain, 1, 3) == 1  # block 1 (10) is the last to go
+    assert pool.free_queue() == [5, 6, 7, 4, 3, 2, 1] and pool.evictions == 0  # nothing changed
+    pool.touch([2])  # a block in use is never evicted: the run stops at the first gone block
+    assert pool.leading_run_evicting(chain, 4, 2) == 2
+    assert pool.leading_run_evicting(chain, 4, 3) == 0
+    b = pool.allocate_one()
+    pool.cache_block(b, 10)  # hash 10 held twice: an eviction may move it, so no answer
+    assert pool.leading_run_evicting(chain, 4, 1) == -1
+
+
 def test_unhashed_blocks_go_to_the_head_and_are_reused_first(Pool):
     pool = Pool(6)
     a = pool.allocate(2)

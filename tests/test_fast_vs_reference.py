@@ -125,6 +125,13 @@ CLUSTER_CASES = {
                         "workload": {"kind": "chat", "users": 40, "turns": 3, "output_tokens": 300,
                                      "think_time_s": {"kind": "exponential", "mean": 1.0}},
                         "run": {"num_requests": 300}, "cluster": {"replicas": 3, "router": "prefix_aware"}},
+    # a prefix-aware router asks about prompts while the replicas' planned windows evict blocks
+    # (16 system prompts, little KV): the answers must count those evictions
+    "prefix-evicting": {"engine": {"block_size": 16, "kv_budget_gib": 0.1},
+                        "workload": {"kind": "chat", "users": 12, "turns": 3, "output_tokens": 100,
+                                     "system_prompts": 16,
+                                     "think_time_s": {"kind": "exponential", "mean": 1.0}},
+                        "run": {"num_requests": 200}, "cluster": {"replicas": 3, "router": "prefix_aware"}},
     "session-tokens-poisson": {"workload": {"kind": "poisson", "session_rate": 6.0, "turns": 3,
                                             "think_time_s": 0.5},
                                "run": {"num_requests": 300},

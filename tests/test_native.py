@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 from array import array
@@ -69,6 +70,16 @@ def _admit_both(pools: list, chains: list[list[int]], held: list[list[int]], n: 
     return list(hits), new, n_hits, hashes
 
 
+def _run_after(pool: BlockPool, hashes: list[int], max_blocks: int, m: int) -> int:
+    """``leading_run`` on a copy of ``pool`` after allocations that evict ``m`` cached blocks
+    (what ``leading_run_evicting`` answers without them), or -1 with a hash held twice."""
+    if pool._dup_blocks:
+        return -1
+    after = copy.deepcopy(pool)
+    after.allocate(int(min(after.num_free(), after.num_free_uncached() + m)))
+    return after.leading_run(hashes, max_blocks)
+
+
 @pytest.mark.skipif(NATIVE is None, reason="compiled pool not built")
 @settings(max_examples=300, deadline=None)
 @given(ops, st.integers(2, 24), st.booleans())
@@ -102,6 +113,8 @@ def test_native_pool_matches_reference(operations, num_blocks, caching):
             ids = held[h % len(held)] if held else None
             assert [p.longest_hit_hinted(hashes, len(hashes), ids) for p in pools] == found
             assert [p.count_free_in(found[0]) for p in pools] == [pools[0].count_free_in(found[0])] * 2
+            after = _run_after(pools[0], hashes, h, n)
+            assert [p.leading_run_evicting(hashes, h, n) for p in pools] == [after] * 2
             if found[0]:
                 for p in pools:
                     p.touch(found[0])
