@@ -771,4 +771,4 @@ def decode_steps(double now, double horizon, Py_ssize_t r, Py_ssize_t first, Py_
             break
         step += 1
         attn += r
-    return t, step, t_first, busy, batch_seq, used_s, peak
+    return t, step, t_first, busy, batch_seq, used_s, peak, used

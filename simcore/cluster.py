@@ -97,10 +97,11 @@ class Cluster:
         self.block_size = cfg.engine.block_size
         n = c.replicas
         alone = n == 1
+        steady = cfg.until_steady and not alone  # the cluster decides; engines report completions
         self.engines = [
             Engine(cfg, num_blocks, wall_limit_s, env=self.env, records=self.records, replica=i,
                    horizon=None if alone else self._horizon_for(i), note=None if alone else self._note,
-                   on_finished=None if alone else self._finished)
+                   on_finished=self._finished if steady else None, decides_stop=alone)
             for i in range(n)
         ]
         # when arrivals stop (several replicas; one engine decides alone): see the module notes
@@ -108,7 +109,7 @@ class Cluster:
         self._stop_at = cfg.run.duration_s if cfg.run.duration_s is not None else math.inf
         self._stop_reason: str | None = None
         self._stopped_at: float | None = None
-        self._monitor = SteadyMonitor(cfg) if cfg.until_steady and not alone else None
+        self._monitor = SteadyMonitor(cfg) if steady else None
         self._done: list[float] = []  # finish times of completions not yet counted (a min-heap)
         self._counted = 0
         self._next_check: float = STEADY_FIRST_CHECK

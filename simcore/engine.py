@@ -102,8 +102,9 @@ class Engine:
     (``simcore/cluster.py``) it shares both with the other replicas (``env``, ``records``: request
     ids and the run's request count are cluster-wide), runs its work up to the ``horizon`` the
     cluster computes instead of the next event in the environment, reports each event a
-    workload may react to (a completion) through ``note`` and its finished requests through
-    ``on_finished``; the cluster then decides when arrivals stop (``until: steady`` included).
+    workload may react to (a completion) through ``note`` and, for the cluster's steady check,
+    its finished requests through ``on_finished``; the cluster then decides when arrivals stop
+    (``decides_stop`` False: ``until: steady`` included).
 
     ``outstanding_requests`` / ``outstanding_tokens``: requests submitted here that have not
     finished, and their prompt tokens (what a router may ask; they change with the engine's
@@ -119,7 +120,7 @@ class Engine:
         self, cfg: SimConfig, num_blocks: int, wall_limit_s: float | None = None, *,
         env: simpy.Environment | None = None, records: list[RequestRecord] | None = None, replica: int = 0,
         horizon: Callable[[], float] | None = None, note: Callable[[float], None] | None = None,
-        on_finished: Callable[[Sequence[Request]], None] | None = None,
+        on_finished: Callable[[Sequence[Request]], None] | None = None, decides_stop: bool = True,
     ) -> None:
         self.cfg = cfg
         self._deadline = None if wall_limit_s is None else time.perf_counter() + wall_limit_s
@@ -173,7 +174,7 @@ class Engine:
         self._stopped_at: float | None = None
         # until: steady checks the run after this many completions (see _check_steady); in a
         # cluster the cluster checks
-        self._monitor = SteadyMonitor(cfg) if cfg.until_steady and on_finished is None else None
+        self._monitor = SteadyMonitor(cfg) if cfg.until_steady and decides_stop else None
         self._completed = 0
         self._next_check: float = STEADY_FIRST_CHECK if self._monitor is not None else math.inf
         self._frontend_s = e.cost.frontend_latency_s
@@ -438,6 +439,12 @@ class Engine:
         if sched.plan is not None and sched.plan[2] < self.env.now:
             self._cut()
 
+    def _window_started(self) -> bool:
+        """Whether a planned window has steps that started before now (only then can a read
+        of this engine differ from its state as it stands)."""
+        plan = self.scheduler.plan
+        return plan is not None and self.env.now > plan[0]
+
     def _finished_unrun(self) -> Sequence[Request]:
         """Requests that have finished by now (a request counts as finished once the step that
         finishes it has started) which a planned window has not run yet: its last step's
@@ -455,11 +462,15 @@ class Engine:
 
     @property
     def outstanding_requests(self) -> int:
+        if not self._window_started():
+            return self._outstanding_requests
         unrun = len(self._finished_unrun())  # (first: it may run the window)
         return self._outstanding_requests - unrun
 
     @property
     def outstanding_tokens(self) -> int:
+        if not self._window_started():
+            return self._outstanding_tokens
         unrun = sum(req.prompt_len for req in self._finished_unrun())  # (first: it may run the window)
         return self._outstanding_tokens - unrun
 
@@ -490,7 +501,7 @@ class Engine:
         uncut; with a CPU tier (evictions feed it) or a hash held twice, the window is run up
         to now instead, as is one deferred past its end."""
         sched = self.scheduler
-        if sched.plan is not None:
+        if self._window_started():
             assert isinstance(sched, FastScheduler)  # only it plans windows
             now = self.env.now
             m = -1 if now > sched.plan[2] else sched.plan_evictions_before(now)

@@ -55,8 +55,9 @@ _Entry = tuple[int, int, int, Request]  # (step, admit_seq, epoch, request)
 # c0 - d0); the tables are the request's own arrays (they only grow while it is a member)
 Member: TypeAlias = "tuple[int, Request, array[int], array[int], int]"
 _SEQ = itemgetter(0)
-# decode_steps' result: (end time, last step, end of the first step, busy s, seq-s, block-s, peak)
-StepsResult: TypeAlias = "tuple[float, int, float, float, float, float, int]"
+# decode_steps' result: (end time, last step, end of the first step, busy s, seq-s, block-s, peak,
+# blocks in use after the last step)
+StepsResult: TypeAlias = "tuple[float, int, float, float, float, float, int, int]"
 CHAIN = 64  # most paths one advance() runs back to back
 
 
@@ -255,11 +256,9 @@ class FastScheduler(Scheduler):
         now, last, _ = self.plan
         if t <= now:
             return 0
-        r = len(self.group)
-        step = self._steps(now, t, r, last)[1]  # the last step that starts before t
-        bs = self.block_size
-        n = step - self.D + 1
-        allocs = (n // bs) * r + sum(len(self._phase[-s % bs]) for s in range(step - n % bs + 1, step + 1))
+        used = self.pool.num_used()
+        # blocks in use after the last step that starts before t, less those in use now
+        allocs = self._steps(now, t, len(self.group), last)[7] - used
         return max(0, int(allocs - self.pool.num_free_uncached()))
 
     def run_plan(self, limit: float) -> tuple[float, list[Request]]:
@@ -287,7 +286,7 @@ class FastScheduler(Scheduler):
         c = self.counters
         if planned is None:
             planned = self._steps(now, horizon, r, last)
-        t, step, t_first, c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks = planned
+        t, step, t_first, c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks, _ = planned
         c.steps += step - self.D + 1
         if self._first_pending:
             for req in self._first_pending:
@@ -417,13 +416,13 @@ class FastScheduler(Scheduler):
 def decode_steps(
     now: float, horizon: float, r: int, first: int, last: int, attn: int, used: int,
     phase: list[list[Member]], terms: Terms, acc: tuple[float, float, float, int],
-) -> tuple[float, int, float, float, float, float, int]:
+) -> tuple[float, int, float, float, float, float, int, int]:
     """The decode window's step loop (its compiled twin is ``simcore._native.decode_steps``).
 
     ``r`` members decode from step ``first``; ``attn`` is their attention length sum at that
     step. Stops after ``last`` or after the first step ending at or after ``horizon``. ``terms``
     are :attr:`CostModel.terms`; ``acc`` the counters (busy s, seq-s, block-s, peak blocks).
-    Returns (end time, last step, end of the first step, *updated acc).
+    Returns (end time, last step, end of the first step, *updated acc, blocks in use).
     """
     busy, batch_seq, used_s, peak = acc
     bs = len(phase)
@@ -445,4 +444,4 @@ def decode_steps(
             break
         step += 1
         attn += r
-    return t, step, t_first, busy, batch_seq, used_s, peak
+    return t, step, t_first, busy, batch_seq, used_s, peak, used
