@@ -156,6 +156,7 @@ class Engine:
         )
         if isinstance(self.scheduler, FastScheduler) and note is not None:  # a replica of a cluster
             self.scheduler.tentative = True
+            self.scheduler.horizon_fn = self._horizon  # asked for only when needed
         # a replica's planned window that ends with finishes runs when those could first
         # complete (its lookahead), not when it ends: anything that needs this engine sooner
         # runs it then (_cut). Not with a CPU tier: a copy started by a path run late could land
@@ -260,6 +261,8 @@ class Engine:
         sched = self.scheduler
         clustered = self._note is not None  # only a replica keeps a lookahead (see _next)
         defer = self._defer
+        # a replica's fast scheduler asks for the horizon itself, only when it needs it
+        lazy = isinstance(sched, FastScheduler) and sched.horizon_fn is not None
         n = 0
         start = 0.0  # when the next step starts: now, or earlier after a deferred window (_defer)
         while True:
@@ -274,7 +277,7 @@ class Engine:
                 start = env.now
                 continue
             now = env.now
-            horizon = self._horizon()
+            horizon = math.inf if lazy else self._horizon()
             if self._loads_at and self._loads_at[0] < horizon:
                 horizon = self._loads_at[0]
             end, finished = sched.advance(start, horizon)

@@ -41,6 +41,7 @@ import heapq
 import math
 from array import array
 from bisect import insort
+from collections.abc import Callable
 from operator import itemgetter
 from typing import TypeAlias
 
@@ -79,6 +80,7 @@ class FastScheduler(Scheduler):
         )
         self._steps_fn = decode_steps if mod is None else mod.decode_steps
         self.tentative = False  # plan windows instead of running them (see the module notes)
+        self.horizon_fn: Callable[[], float] | None = None  # a replica's outside horizon (see advance)
 
     # ---- group membership --------------------------------------------------------------
     def _join(self, req: Request) -> None:
@@ -153,11 +155,15 @@ class FastScheduler(Scheduler):
         again at ``end`` with the same horizon (no event lies in between). A request that
         finishes brings the horizon forward to its completion event (see
         :meth:`Request.completion_delay`), when its client may submit again. At most ``CHAIN``
-        paths per call, so the loop's wall-clock check still runs."""
+        paths per call, so the loop's wall-clock check still runs.
+
+        ``horizon_fn`` (a replica's): the outside horizon, asked for only if a path other than a
+        planned window would run next (``horizon`` then holds only the caller's own bounds)."""
         end, finished = self._advance_once(now, horizon)
         new = finished
         start = now  # the last path's start
         n = 1
+        outside = self.horizon_fn
         while True:
             for req in new:  # the completion's time exactly as SimPy will compute it
                 horizon = min(horizon, now + req.completion_delay(now))
@@ -165,10 +171,15 @@ class FastScheduler(Scheduler):
                 horizon = min(horizon, *(ready for _, ready in self.loads))
             if self.plan is not None or not self.has_work() or end == start:  # (no step: in_flight)
                 return end, finished
+            if self.tentative and self._window_next() and self.pool.num_free() >= len(self.group):
+                # a plan changes nothing until it runs, and a cut before its start drops it:
+                # plan it whatever the horizon
+                self._window(end, horizon)
+                return end, finished
+            if outside is not None and end < horizon:
+                horizon = min(horizon, outside())
+                outside = None
             if end >= horizon or n == CHAIN:
-                if self.tentative and self._window_next() and self.pool.num_free() >= len(self.group):
-                    # a plan changes nothing until it runs, and a cut before its start drops it
-                    self._window(end, horizon)
                 return end, finished
             start = end
             end, new = self._advance_once(start, horizon)
