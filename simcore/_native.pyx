@@ -201,6 +201,11 @@ cdef class CBlockPool:
     cdef inline Py_ssize_t _slot(self, int64_t key):
         return <Py_ssize_t>((<uint64_t>key * <uint64_t>0x9E3779B97F4A7C15) >> self.tshift)
 
+    cdef inline void _prefetch_slot(self, int64_t key) noexcept:
+        """Start loading ``key``'s hash-table slot (a walk down a prompt's chain probes a new,
+        random slot per block; loads issued ahead overlap)."""
+        __builtin_prefetch(&self.tab[self._slot(key)])
+
     cdef Py_ssize_t _find(self, int64_t key):
         """The block holding ``key``, or 0."""
         cdef Py_ssize_t mask = self.tcap - 1
@@ -350,7 +355,11 @@ cdef class CBlockPool:
         cdef int64_t* hp = <int64_t*>ha.data.as_longlongs
         cdef Py_ssize_t n = min(max_blocks, len(ha))
         cdef Py_ssize_t j = 0
-        while j < n and self._find(hp[j]) != 0:
+        while j < n:
+            if j + _AHEAD < n:
+                self._prefetch_slot(hp[j + _AHEAD])
+            if self._find(hp[j]) == 0:
+                break
             j += 1
         return j
 
@@ -369,6 +378,8 @@ cdef class CBlockPool:
             b = self.blk[b].nxt
             k += 1
         while j < n:
+            if j + _AHEAD < n:
+                self._prefetch_slot(hp[j + _AHEAD])
             b = self._find(hp[j])
             if b == 0 or self.blk[b].gone:
                 break
@@ -379,6 +390,38 @@ cdef class CBlockPool:
             b = self.blk[b].nxt
             k -= 1
         return j
+
+    def leading_run_spared(self, hashes, Py_ssize_t max_blocks, Py_ssize_t m):
+        """``BlockPool.leading_run_spared``: the leading run when none of its blocks is among
+        the ``m`` least recently used cached free blocks, else -1 (and -1 with a hash held
+        twice)."""
+        if self.dups:
+            return -1
+        cdef array.array ha = _i64(hashes)
+        cdef int64_t* hp = <int64_t*>ha.data.as_longlongs
+        cdef Py_ssize_t n = min(max_blocks, len(ha))
+        cdef Py_ssize_t j = 0, k = 0, b = self.head
+        cdef bint spared = True
+        while k < m and b != NONE:
+            self.blk[b].gone = 1
+            b = self.blk[b].nxt
+            k += 1
+        while j < n:
+            if j + _AHEAD < n:
+                self._prefetch_slot(hp[j + _AHEAD])
+            b = self._find(hp[j])
+            if b == 0:
+                break
+            if self.blk[b].gone:
+                spared = False
+                break
+            j += 1
+        b = self.head
+        while k:
+            self.blk[b].gone = 0
+            b = self.blk[b].nxt
+            k -= 1
+        return j if spared else -1
 
     def longest_hit_hinted(self, hashes, Py_ssize_t max_blocks, hint=None):
         """``BlockPool.longest_hit_hinted``: the hint's leading run of blocks that still hold

@@ -140,6 +140,24 @@ class BlockPool:
             n += 1
         return n
 
+    def leading_run_spared(self, hashes: Sequence[int], max_blocks: int, m: int) -> int:
+        """:meth:`leading_run` when none of its blocks is among the ``m`` least recently used
+        cached free blocks (the next allocations that evict ``m`` blocks leave it whole), else
+        -1; -1 too while a hash has a second holder."""
+        if self._dup_blocks:
+            return -1
+        gone = set(islice(self._cached_free, m))
+        get = self._hash_to_block.get
+        n = 0
+        for h in hashes[:max_blocks]:
+            b = get(h)
+            if b is None:
+                break
+            if b in gone:
+                return -1
+            n += 1
+        return n
+
     def longest_hit_hinted(
         self, hashes: Sequence[int], max_blocks: int, hint: Sequence[int] | None = None
     ) -> list[int]:

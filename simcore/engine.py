@@ -442,12 +442,6 @@ class Engine:
         if sched.plan is not None and sched.plan[2] < self.env.now:
             self._cut()
 
-    def _window_started(self) -> bool:
-        """Whether a planned window has steps that started before now (only then can a read
-        of this engine differ from its state as it stands)."""
-        plan = self.scheduler.plan
-        return plan is not None and self.env.now > plan[0]
-
     def _finished_unrun(self) -> Sequence[Request]:
         """Requests that have finished by now (a request counts as finished once the step that
         finishes it has started) which a planned window has not run yet: its last step's
@@ -465,14 +459,16 @@ class Engine:
 
     @property
     def outstanding_requests(self) -> int:
-        if not self._window_started():
+        plan = self.scheduler.plan
+        if plan is None or self.env.now <= plan[0]:  # (no step of a window has started)
             return self._outstanding_requests
         unrun = len(self._finished_unrun())  # (first: it may run the window)
         return self._outstanding_requests - unrun
 
     @property
     def outstanding_tokens(self) -> int:
-        if not self._window_started():
+        plan = self.scheduler.plan
+        if plan is None or self.env.now <= plan[0]:
             return self._outstanding_tokens
         unrun = sum(req.prompt_len for req in self._finished_unrun())  # (first: it may run the window)
         return self._outstanding_tokens - unrun
@@ -504,16 +500,20 @@ class Engine:
         uncut; with a CPU tier (evictions feed it) or a hash held twice, the window is run up
         to now instead, as is one deferred past its end."""
         sched = self.scheduler
-        if self._window_started():
+        plan = sched.plan
+        if plan is not None and self.env.now > plan[0]:
             assert isinstance(sched, FastScheduler)  # only it plans windows
             now = self.env.now
-            m = -1 if now > sched.plan[2] else sched.plan_evictions_before(now)
-            if m > 0 and self.cpu is None:
-                n = self.pool.leading_run_evicting(hashes, len(hashes), m)
+            if now <= plan[2] and self.cpu is None:
+                # usually no block of the prompt's run is among those the whole window evicts
+                n = self.pool.leading_run_spared(hashes, len(hashes), sched.plan_evictions())
+                if n < 0:
+                    n = self.pool.leading_run_evicting(hashes, len(hashes), sched.plan_evictions_before(now))
                 if n >= 0:
                     return n * self.kv.block_size
-            if m:
-                self._cut()
+            elif now <= plan[2] and not sched.plan_evictions_before(now):
+                return self.kv.cached_prefix_tokens(hashes)
+            self._cut()
         return self.kv.cached_prefix_tokens(hashes)
 
     def held_hashes(self) -> tuple[frozenset[int], frozenset[int]]:

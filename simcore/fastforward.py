@@ -227,6 +227,7 @@ class FastScheduler(Scheduler):
         self._plan_result = res  # what running it in full applies (nothing changes until then)
         self._plan_last_start: float | None = None
         self._plan_finishers: list[Request] | None = None
+        self._plan_evictions: int | None = None
         return res[0], []
 
     def plan_last_start(self) -> float:
@@ -257,6 +258,15 @@ class FastScheduler(Scheduler):
                 todo += [c for c in (2 * i + 1, 2 * i + 2) if c < len(heap)]
             self._plan_finishers = out
         return self._plan_finishers
+
+    def plan_evictions(self) -> int:
+        """How many cached blocks the whole planned window evicts (what any of its first steps
+        evict is the least recently used of these)."""
+        assert self.plan is not None
+        if self._plan_evictions is None:
+            allocs = self._plan_result[7] - self.pool.num_used()
+            self._plan_evictions = max(0, int(allocs - self.pool.num_free_uncached()))
+        return self._plan_evictions
 
     def plan_evictions_before(self, t: float) -> int:
         """How many cached blocks the planned window's steps that start before ``t`` evict:

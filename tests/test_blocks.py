@@ -79,6 +79,11 @@ def test_leading_run_evicting_answers_as_after_the_next_allocations(Pool):
     assert pool.leading_run_evicting(chain, 4, 3) == 1
     assert pool.leading_run_evicting(chain, 4, 9) == 0
     assert pool.leading_run_evicting(chain, 1, 3) == 1  # block 1 (10) is the last to go
+    # leading_run_spared: the run if those evictions spare every block of it, else -1
+    assert pool.leading_run_spared(chain, 4, 0) == 4
+    assert pool.leading_run_spared(chain, 4, 1) == -1  # block 4 (13) ends the run
+    assert pool.leading_run_spared(chain, 3, 1) == 3  # ... but not this one
+    assert pool.leading_run_spared([10, 11, 99, 13], 4, 1) == 2  # a miss ends the run first
     assert pool.free_queue() == [5, 6, 7, 4, 3, 2, 1] and pool.evictions == 0  # nothing changed
     pool.touch([2])  # a block in use is never evicted: the run stops at the first gone block
     assert pool.leading_run_evicting(chain, 4, 2) == 2
@@ -86,6 +91,7 @@ def test_leading_run_evicting_answers_as_after_the_next_allocations(Pool):
     b = pool.allocate_one()
     pool.cache_block(b, 10)  # hash 10 held twice: an eviction may move it, so no answer
     assert pool.leading_run_evicting(chain, 4, 1) == -1
+    assert pool.leading_run_spared(chain, 4, 0) == -1
 
 
 def test_unhashed_blocks_go_to_the_head_and_are_reused_first(Pool):

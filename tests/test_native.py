@@ -115,6 +115,9 @@ def test_native_pool_matches_reference(operations, num_blocks, caching):
             assert [p.count_free_in(found[0]) for p in pools] == [pools[0].count_free_in(found[0])] * 2
             after = _run_after(pools[0], hashes, h, n)
             assert [p.leading_run_evicting(hashes, h, n) for p in pools] == [after] * 2
+            run = pools[0].leading_run(hashes, h)
+            spared = -1 if after != run or after < 0 else run
+            assert [p.leading_run_spared(hashes, h, n) for p in pools] == [spared] * 2
             if found[0]:
                 for p in pools:
                     p.touch(found[0])
