@@ -77,19 +77,16 @@ class ReplicaView(Protocol):
         ...
 
 
-def load_of(view: ReplicaView, metric: LoadMetric) -> int:
-    """The view's outstanding work by ``metric``."""
-    return view.outstanding_requests if metric == "requests" else view.outstanding_tokens
+def loads_of(replicas: Sequence[ReplicaView], metric: LoadMetric) -> list[int]:
+    """Each view's outstanding work by ``metric``."""
+    return [v.outstanding_requests for v in replicas] if metric == "requests" else [
+        v.outstanding_tokens for v in replicas]
 
 
 def least_loaded(replicas: Sequence[ReplicaView], metric: LoadMetric) -> int:
     """Index of the replica with the least outstanding work; ties go to the lowest index."""
-    best, best_load = 0, load_of(replicas[0], metric)
-    for i in range(1, len(replicas)):
-        load = load_of(replicas[i], metric)
-        if load < best_load:
-            best, best_load = i, load
-    return best
+    loads = loads_of(replicas, metric)
+    return loads.index(min(loads))
 
 
 class Router(ABC):
@@ -177,7 +174,7 @@ class PrefixAware(Router):
 
     def scores(self, req: RouteRequest, replicas: Sequence[ReplicaView]) -> list[float]:
         """Each replica's score (see the module notes); the router takes the highest."""
-        loads = [load_of(v, self.load_metric) for v in replicas]
+        loads = loads_of(replicas, self.load_metric)
         top = max(loads)
         per_token = self.prefix_weight / req.prompt_tokens if req.prompt_tokens > 0 else 0.0
         out = []
