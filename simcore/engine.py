@@ -411,18 +411,15 @@ class Engine:
         end, finished = sched.run_plan(now)
         if finished:
             self._finished(now, finished)
-        while end < now and sched.has_work():  # deferred: go on to now, as the loop would have
-            if sched.plan is None:
+        if end < now and sched.has_work():  # deferred: run on to now, as the loop would have
+            sched.tentative = False  # (windows run up to now at once: a plan would only be cut)
+            while end < now and sched.has_work():
                 step_end, finished = sched.advance(end, now)
                 if finished:
                     self._finished(now, finished)
                 assert not sched.loads and step_end > end, "no deferral with a CPU tier"
-                if sched.plan is None:
-                    end = step_end
-                    continue
-            end, finished = sched.run_plan(now)
-            if finished:
-                self._finished(now, finished)
+                end = step_end
+            sched.tentative = True
         end = max(end, now)  # (nothing left to run: the loop goes idle now)
         self._next(end)
         self._was_cut = True
