@@ -451,6 +451,8 @@ cdef class CBlockPool:
         else:
             out = py_array.array("q")
         for j in range(m, hi):
+            if j + _AHEAD < hi:
+                self._prefetch_slot(hp[j + _AHEAD])
             b = self._find(hp[j])
             if b == 0:
                 break
