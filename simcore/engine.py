@@ -139,6 +139,8 @@ class Engine:
         self.next_start = 0.0  # when the loop runs next (inf while idle)
         self.lookahead = math.inf  # see _next
         self._was_cut = False
+        self._resume_at = 0.0  # where the last cut left the loop's next step (see _cut)
+        self._wake_at = -math.inf  # when the loop's timed wake fires (-inf: it waits for none)
         self.counters = Counters()
         e = cfg.engine
         caching = e.prefix_caching != "off"
@@ -227,16 +229,21 @@ class Engine:
             req.record.finish_s = now
             req.done.succeed(False)
             return req.done
-        if self.scheduler.plan is not None:
+        cut = self._behind(now)
+        if cut:
             self._cut()
         self._outstanding_requests += 1
         self._outstanding_tokens += prompt
         if self._note is not None:
             self._wait_of[req.rid] = req.then_wait_s
             heapq.heappush(self._waits, (req.then_wait_s, req.rid))
-            # an idle loop (next_start inf) runs again now, woken by this request
-            self.lookahead = min(self.lookahead, min(self.next_start, now) + req.then_wait_s)
+            # it completes after the loop's next step, no sooner than its wait after that (an
+            # idle loop, next_start inf, runs again now, woken by this request)
+            start = self.next_start if self.next_start < math.inf else now
+            self.lookahead = min(self.lookahead, start + req.then_wait_s)
         self.scheduler.add(req)
+        if cut or self._defer:
+            self._retarget()
         if self._wake is not None:
             self._wake.succeed()
             self._wake = None
@@ -296,7 +303,9 @@ class Engine:
                 self.counters.events += 1
                 if clustered:
                     self._next(end)
+                    self._wake_at = end
                 yield Late(env, end - now)
+                self._wake_at = -math.inf
                 start = end
                 continue
             self.counters.events += 1
@@ -304,13 +313,22 @@ class Engine:
             # first fire), unless a router needs it sooner (_cut)
             end = sched.plan[2]
             self._next(end)
-            self._was_cut = False
             wake = self.lookahead if defer and self.lookahead < math.inf else end
-            assert wake >= now, "a deferred window's completions would fire in the past"
-            yield Late(env, wake - now)
-            start = env.now
+            self._was_cut = False
+            while True:
+                assert wake >= now, "a deferred window's completions would fire in the past"
+                self._wake_at = wake
+                yield Late(env, wake - now)
+                self._wake_at = -math.inf
+                now = env.now
+                if not self._was_cut or self._resume_at <= now:
+                    break
+                # a cut kept this wake, which came before the step it left next: wait on
+                wake = self.lookahead if defer and self.lookahead < math.inf else self._resume_at
             if self._was_cut:
+                start = self._resume_at  # (earlier than now when deferred, see _retarget)
                 continue
+            start = now
             assert isinstance(sched, FastScheduler)  # only it plans windows
             end, finished = sched.run_plan(math.inf)
             if finished:
@@ -396,48 +414,78 @@ class Engine:
         heapq.heappop(self._loads_at)  # the earliest: copies land in the order they were queued
         if self.scheduler.plan is not None:
             self._cut()
+            self._retarget()
         self.scheduler.loaded(req)
         if self._wake is not None:
             self._wake.succeed()
             self._wake = None
 
+    def _behind(self, now: float) -> bool:
+        """Whether this replica's state is not yet its state at ``now``: a planned window (one
+        that has not started is dropped: it assumed no new request), or a deferred next step
+        (:attr:`_defer`) that started before now."""
+        return self.scheduler.plan is not None or (self._defer and self.next_start < now)
+
+    def _settle(self) -> None:
+        """Bring the state to now for a question about it (see :meth:`_cut`)."""
+        self._cut()
+        self._retarget()
+
     def _cut(self) -> None:
         """Run the planned window's steps that started before now (a router needs this engine
-        now), and, when the window was deferred past its end (:attr:`_defer`), every path after
-        it that started before now; the loop resumes where the last of them ends."""
+        now), and, when the window was deferred past its end or the next step was deferred
+        (:attr:`_defer`), every path after it that started before now; the loop's next step
+        starts where the last of them ends (:attr:`_resume_at`). The caller then re-times the
+        loop's wake (:meth:`_retarget`)."""
         now = self.env.now
         sched = self.scheduler
         assert isinstance(sched, FastScheduler)  # only it plans windows
-        end, finished = sched.run_plan(now)
-        if finished:
-            self._finished(now, finished)
+        if sched.plan is not None:
+            end, finished = sched.run_plan(now)
+            if finished:
+                self._finished(now, finished)
+        else:
+            end = self.next_start  # a deferred next step
         if end < now and sched.has_work():  # deferred: run on to now, as the loop would have
-            sched.tentative = False  # (windows run up to now at once: a plan would only be cut)
+            # windows run up to now at once (a plan would only be cut), and now is the horizon
+            sched.tentative, sched.horizon_fn = False, None
             while end < now and sched.has_work():
                 step_end, finished = sched.advance(end, now)
                 if finished:
                     self._finished(now, finished)
                 assert not sched.loads and step_end > end, "no deferral with a CPU tier"
                 end = step_end
-            sched.tentative = True
+            sched.tentative, sched.horizon_fn = True, self._horizon
         end = max(end, now)  # (nothing left to run: the loop goes idle now)
         self._next(end)
+        self._resume_at = end
         self._was_cut = True
-        # the loop waits for the plan's end: make it wake at ``end`` instead (what SimPy's
-        # interrupt does inside, without raising an exception in the loop)
+
+    def _retarget(self) -> None:
+        """After a cut: the loop runs its next step at :attr:`_resume_at`, or, deferred, as late
+        as the lookahead (what it would run by then cannot complete sooner; anything that needs
+        this engine earlier runs it then, as for a deferred window). It wakes sooner than it
+        waits now only through a new event (what SimPy's interrupt does inside, without raising
+        an exception in the loop); a later time keeps the wake it has, which is then early."""
+        wake = self.lookahead if self._defer and self.lookahead < math.inf else self._resume_at
+        if wake >= self._wake_at:
+            return
+        now = self.env.now
         proc = self._proc
         proc.target.callbacks.remove(proc._resume)
-        wake = Late(self.env, end - now)
-        wake.callbacks.append(proc._resume)
-        proc._target = wake
+        late = Late(self.env, wake - now)
+        late.callbacks.append(proc._resume)
+        proc._target = late
+        self._wake_at = wake
         self.counters.events += 1
 
     def report_finished(self) -> None:
         """Report every request that finished before now: run a deferred window that ended
         before now, and what followed it (see :attr:`_defer`)."""
-        sched = self.scheduler
-        if sched.plan is not None and sched.plan[2] < self.env.now:
-            self._cut()
+        plan = self.scheduler.plan
+        now = self.env.now
+        if plan[2] < now if plan is not None else self._defer and self.next_start < now:
+            self._settle()
 
     def _finished_unrun(self) -> Sequence[Request]:
         """Requests that have finished by now (a request counts as finished once the step that
@@ -445,19 +493,21 @@ class Engine:
         finishers once that step has started. A window deferred past its end is run instead
         (the paths after it may finish more)."""
         sched = self.scheduler
+        now = self.env.now
         if sched.plan is None:
+            if self._defer and self.next_start < now:
+                self._settle()
             return ()
         assert isinstance(sched, FastScheduler)  # only it plans windows
-        now = self.env.now
         if now > sched.plan[2]:
-            self._cut()
+            self._settle()
             return ()
         return sched.plan_finishers() if now > sched.plan_last_start() else ()
 
     @property
     def outstanding_requests(self) -> int:
         plan = self.scheduler.plan
-        if plan is None or self.env.now <= plan[0]:  # (no step of a window has started)
+        if plan is not None and self.env.now <= plan[0]:  # (no step of a window has started)
             return self._outstanding_requests
         unrun = len(self._finished_unrun())  # (first: it may run the window)
         return self._outstanding_requests - unrun
@@ -465,7 +515,7 @@ class Engine:
     @property
     def outstanding_tokens(self) -> int:
         plan = self.scheduler.plan
-        if plan is None or self.env.now <= plan[0]:
+        if plan is not None and self.env.now <= plan[0]:
             return self._outstanding_tokens
         unrun = sum(req.prompt_len for req in self._finished_unrun())  # (first: it may run the window)
         return self._outstanding_tokens - unrun
@@ -498,9 +548,12 @@ class Engine:
         to now instead, as is one deferred past its end."""
         sched = self.scheduler
         plan = sched.plan
-        if plan is not None and self.env.now > plan[0]:
+        now = self.env.now
+        if plan is None:
+            if self._defer and self.next_start < now:  # a deferred next step
+                self._settle()
+        elif now > plan[0]:
             assert isinstance(sched, FastScheduler)  # only it plans windows
-            now = self.env.now
             if now <= plan[2] and self.cpu is None:
                 # usually no block of the prompt's run is among those the whole window evicts
                 n = self.pool.leading_run_spared(hashes, len(hashes), sched.plan_evictions())
@@ -510,14 +563,14 @@ class Engine:
                     return n * self.kv.block_size
             elif now <= plan[2] and not sched.plan_evictions_before(now):
                 return self.kv.cached_prefix_tokens(hashes)
-            self._cut()
+            self._settle()
         return self.kv.cached_prefix_tokens(hashes)
 
     def held_hashes(self) -> tuple[frozenset[int], frozenset[int]]:
         """Every hash held here now, in GPU memory and in the CPU tier (a router's snapshot: kept
         for later questions, it needs the hashes a planned window added too)."""
-        if self.scheduler.plan is not None:
-            self._cut()
+        if self._behind(self.env.now):
+            self._settle()
         if self.cpu is None:
             return self.pool.cached_hashes(), frozenset()
         self.kv._drain()
