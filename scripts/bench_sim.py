@@ -8,7 +8,10 @@ With ``--pure-requests`` it also runs fast mode with the compiled paths off
 
 With ``--replicas N`` (default 4) it measures a cluster: N replicas serving N times the
 scenario's users (the same load per replica) against one replica, in wall microseconds per
-simulated request, for each router of ``--cluster-routers``; the target is 1.3x.
+simulated request, for each router of ``--cluster-routers``; the target is 1.3x. Beside them it
+measures the floor: N independent single engines stepped together in simulated-time order (no
+router, no cluster bookkeeping), which costs more than one engine per request only because the
+N engines' memory is touched in turn.
 
 With ``--against REV`` it first compares this tree with git revision REV (e.g. ``HEAD`` for
 uncommitted changes, ``HEAD~1`` for the last commit): REV is checked out in a temporary git
@@ -72,20 +75,65 @@ def run_cluster(path: str, requests: int, replicas: int, router: str) -> dict[st
     return {"wall_s": wall, "us_per_req": 1e6 * wall / s["num_completed"], "hit_rate": s["prefix_hit_rate"]}
 
 
+def run_interleaved(path: str, requests: int, replicas: int) -> dict[str, float]:
+    """The floor under a cluster's cost: ``replicas`` independent single engines (the scenario
+    each, seeds 0, 1, ...), stepped together in simulated-time order, event by event, as a
+    cluster's replicas run. No router, no cluster bookkeeping: what it costs over one engine per
+    request is what touching N engines' memory in turn costs (their caches, block pools and
+    requests no longer fit the CPU's caches together)."""
+    import heapq
+
+    from simcore.costmodel import kv_capacity_blocks
+    from simcore.engine import Engine
+    from simcore.metrics import summarize
+    from simcore.steady import Setting
+    from simcore.workload import Workload
+
+    t0 = time.perf_counter()
+    engines = []
+    for seed in range(replicas):
+        cfg = load_config(path, [f"run.num_requests={requests}", "run.mode=fast", f"run.seed={seed}"])
+        engine = Engine(cfg, kv_capacity_blocks(cfg)[0])
+        Workload(cfg).start(engine)
+        engines.append((engine, cfg))
+    envs = [e.env for e, _ in engines]
+    due = [(env.peek(), i) for i, env in enumerate(envs)]
+    heapq.heapify(due)
+    while due[0][0] < float("inf"):
+        env = envs[due[0][1]]
+        env.step()
+        heapq.heapreplace(due, (env.peek(), due[0][1]))
+    done = 0
+    for engine, cfg in engines:
+        engine.collect()
+        engine._client_times()
+        s = summarize(engine.records, engine.counters, Setting.of(cfg), stop_s=engine.stop_s,
+                      stop_reason=engine.stop_reason or "workload ended",
+                      cache_full_s=engine.scheduler.cache_full_s,
+                      capacity_blocks=int(engine.pool.usable_blocks), block_size=cfg.engine.block_size,
+                      wall_s=time.perf_counter() - t0)
+        done += s["num_completed"]
+    return {"us_per_req": 1e6 * (time.perf_counter() - t0) / done}
+
+
 def cluster_bench(path: str, requests: int, replicas: int, routers: list[str], repeat: int) -> None:
     """N replicas x N times the users against one replica, per simulated request: medians of
     alternating child processes (each run starts from a fresh interpreter, so one run's
-    leftovers do not slow the next)."""
+    leftovers do not slow the next); with the floor (:func:`run_interleaved`) measured beside."""
     print(f"cluster: {replicas} replicas x {replicas}x the users against 1 replica, {requests:,} requests "
           f"per replica, median of {repeat} alternating child runs")
-    rows: dict[str, list[dict[str, float]]] = {"1": [], **{r: [] for r in routers}}
+    rows: dict[str, list[dict[str, float]]] = {"1": [], "floor": [], **{r: [] for r in routers}}
     for _ in range(repeat):
         rows["1"].append(run_cluster_child(path, requests, 1, "round_robin"))
+        rows["floor"].append(run_cluster_child(path, requests, replicas, "interleaved"))
         for router in routers:
             rows[router].append(run_cluster_child(path, requests, replicas, router))
     base = statistics.median(r["us_per_req"] for r in rows["1"])
     hit = statistics.median(r["hit_rate"] for r in rows["1"])
     print(f"  1 replica:           {base:6.1f} us/request | hit rate {hit:.4f}")
+    floor = statistics.median(r["us_per_req"] for r in rows["floor"])
+    print(f"  {replicas} independent engines, interleaved (no router): {floor:6.1f} us/request | "
+          f"{floor / base:.2f}x one replica per request (the floor: their memory touched in turn)")
     for router in routers:
         us = statistics.median(r["us_per_req"] for r in rows[router])
         hit = statistics.median(r["hit_rate"] for r in rows[router])
@@ -93,10 +141,17 @@ def cluster_bench(path: str, requests: int, replicas: int, routers: list[str], r
               "replica per request (target 1.3x)")
 
 
+def run_cluster_or_floor(path: str, requests: int, replicas: int, router: str) -> dict[str, float]:
+    """:func:`run_cluster`, or for router ``interleaved`` :func:`run_interleaved`."""
+    if router == "interleaved":
+        return run_interleaved(path, requests, replicas)
+    return run_cluster(path, requests, replicas, router)
+
+
 def run_cluster_child(path: str, requests: int, replicas: int, router: str) -> dict[str, float]:
-    """:func:`run_cluster` in a child process."""
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_sim; "
-            "print(json.dumps(bench_sim.run_cluster(sys.argv[2], *map(int, sys.argv[3:5]), sys.argv[5])))")
+    """:func:`run_cluster_or_floor` in a child process."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_sim; a = sys.argv[2:]; "
+            "print(json.dumps(bench_sim.run_cluster_or_floor(a[0], int(a[1]), int(a[2]), a[3])))")
     out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), path, str(requests),
                           str(replicas), router], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.splitlines()[-1])
