@@ -133,7 +133,8 @@ def _ci(summary: dict[str, Any], key: str, kind: str) -> str:
 def render(cfg: SimConfig, result: RunResult) -> str:
     e = cfg.engine
     head = (f"{cfg.model.name} on {cfg.gpu.name} x{e.tensor_parallel}, {cfg.workload.kind} workload, "
-            f"prefix caching {e.prefix_caching}, seed {cfg.run.seed}, mode {cfg.run.mode}")
+            f"prefix caching {e.prefix_caching}, seed {cfg.run.seed}, mode {cfg.run.mode}, "
+            f"cost profile {e.cost.profile}")
     if result.status == "infeasible":
         return f"{head}\nstatus: {result.status}: {result.error}"
     lines = [head] + ([f"status: {result.status}: {result.error}"] if result.status != "ok" else [])

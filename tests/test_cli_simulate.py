@@ -21,6 +21,7 @@ def test_simulate_prints_summary_and_writes_json(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "Llama-3.1-8B on H100-SXM-80GB" in text and "prefix caching off" in text
+    assert "cost profile h100-vllm" in text  # the calibrated profile the run used
     doc = json.loads(out.read_text())
     assert doc["status"] == "ok" and doc["summary"]["num_completed"] == 200
     assert doc["summary"]["prefix_hit_rate"] == 0

@@ -295,3 +295,22 @@ def test_one_run_per_point_draws_the_runs_own_confidence_interval(tmp_path: Path
     assert "Bars: 95% confidence interval within each run (one run per point)" in text_of(page)
     two_seeds = report.write_report(write_dataset(tmp_path / "e", slo_rows())).read_text()
     assert "Bars: 95% confidence interval over seeds" in text_of(two_seeds)
+
+
+def test_a_speed_up_built_on_an_uncertain_p99_is_never_the_headline(tmp_path: Path) -> None:
+    """At 32 users caching looks 4x faster, but its p99s are known only within +-40%: the
+    headline quotes the best precise cell (2x) and says one cell was left out; the cell table
+    still shows the 4x, each p99 with its interval."""
+    rows = []
+    for users in (8, 16, 32):
+        ci = 0.4 if users == 32 else 0.05
+        off_ttft, on_ttft = users / 16, (users / 64 if users == 32 else users / 32)
+        for seed in (0, 1):
+            rows += [run("off", users, 80.0, seed, off_ttft, 10.0, ttft_p99_s_ci95_run=ci * off_ttft),
+                     run("prefix", users, 80.0, seed, on_ttft, 11.0, ttft_p99_s_ci95_run=ci * on_ttft)]
+    out = write_dataset(tmp_path / "d", rows)
+    text = text_of(report.write_report(out).read_text())
+    assert "up to 2.00x (8 concurrent users)" in text and "up to 4.00x" not in text
+    assert "(1 cell left out: a p99 known only within more than ±25%, run longer to rank it)" in text
+    assert "2 s ±40% 500 ms ±40% 4.00x" in text  # the cell table: p99s with their intervals
+    assert "500 ms ±5% 250 ms ±5% 2.00x" in text

@@ -37,9 +37,14 @@ from sweep.report.roles import BASELINE
 from sweep.slo import overloaded
 
 HELP_THRESHOLD = 0.05
+#: A TTFT p99 whose within-run 95% interval is wider than this (relative) is too uncertain for a
+#: speed-up built on it to be ranked or quoted as a headline (scripts/check_steady.py's rule).
+P99_PRECISION = 0.25
 #: The figure reported as a server's capacity when it is overloaded (achieved throughput).
 CAPACITY_METRIC = "throughput_rps"
-COMPARE_METRICS: tuple[str, ...] = (*analysis.COMPARE_METRICS, "prefix_hit_rate")
+COMPARE_METRICS: tuple[str, ...] = (
+    *analysis.COMPARE_METRICS, "prefix_hit_rate", "prefill_reduction", "ttft_p99_s_ci95_run",
+)
 STATES = ("steady", "transient", "overloaded", "unknown")
 
 
@@ -100,6 +105,7 @@ def caching_cells(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
         cmp[col] = cmp[col].fillna("unknown")
     either = (cmp["state"] == "overloaded") | (cmp["state_base"] == "overloaded")
     cmp["ttft_p99_speedup"] = (1 / cmp["ttft_p99_s_ratio"]).where(~either)
+    cmp["ttft_p99_precise"] = _precise(cmp, "") & _precise(cmp, "_base")
     cmp["throughput_gain"] = cmp["throughput_rps_ratio"] - 1
     cmp["transient"] = (cmp["state"] == "transient") | (cmp["state_base"] == "transient")
     cmp["run_length_what"] = "measured" if "measured_s" in df else "simulated"
@@ -108,6 +114,16 @@ def caching_cells(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
         (cmp["verdict"] == "overloaded in both") & (cmp["throughput_gain"] >= HELP_THRESHOLD)
     )
     return cmp
+
+
+def _precise(cmp: pd.DataFrame, side: str) -> pd.Series:
+    """TTFT p99 known within :data:`P99_PRECISION` (its within-run interval); True where the
+    dataset has no intervals (an older simulator: nothing to judge by)."""
+    ci = f"ttft_p99_s_ci95_run{side}"
+    if ci not in cmp or cmp[ci].isna().all():
+        return pd.Series(True, index=cmp.index)
+    rel = cmp[ci] / cmp[f"ttft_p99_s{side}"]
+    return (rel <= P99_PRECISION).fillna(False)
 
 
 def _verdict(row: pd.Series) -> str:

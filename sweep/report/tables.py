@@ -39,10 +39,12 @@ def cells_table(sub: pd.DataFrame, x: str | None, y: str | None) -> str:
     table = pd.DataFrame({label(k): sub[k].map(num) for k in keys})
     table["hit rate"] = sub["prefix_hit_rate"].map(lambda v: pct(v, False))
     overloaded = sub["verdict"].isin(["overloaded in both", "ends the overload", "overloaded with caching"])
-    table["TTFT p99 off"] = [
-        _latency(v, s) for v, s in zip(sub["ttft_p99_s_base"], sub["state_base"], strict=True)
-    ]
-    table["TTFT p99 on"] = [_latency(v, s) for v, s in zip(sub["ttft_p99_s"], sub["state"], strict=True)]
+    for title, side in (("TTFT p99 off", "_base"), ("TTFT p99 on", "")):
+        ci = sub.get(f"ttft_p99_s_ci95_run{side}", pd.Series(np.nan, index=sub.index))
+        table[title] = [
+            _latency(v, s, c)
+            for v, s, c in zip(sub[f"ttft_p99_s{side}"], sub[f"state{side}"], ci, strict=True)
+        ]
     table["TTFT p99 speed-up"] = [
         ("-" if o else times(v)) for v, o in zip(sub["ttft_p99_speedup"], overloaded, strict=True)
     ]
@@ -53,9 +55,11 @@ def cells_table(sub: pd.DataFrame, x: str | None, y: str | None) -> str:
         table["goodput off / on (req/s)"] = [
             f"{num(a)} / {num(b)}" for a, b in zip(sub["goodput_rps_base"], sub["goodput_rps"], strict=True)
         ]
-    table["prefill computed"] = sub["prefill_tokens_computed_ratio"].map(
-        lambda v: "-" if not np.isfinite(v) else f"{v * 100:.0f}% of off"
-    )
+    # the share of prompt tokens computed (not totals: runs measure windows of different lengths)
+    table["prompt tokens computed off / on"] = [
+        f"{_computed(a)} / {_computed(b)}"
+        for a, b in zip(sub["prefill_reduction_base"], sub["prefill_reduction"], strict=True)
+    ]
     table["measured off / on (s)"] = [
         f"{_length(a)} / {_length(b)}"
         for a, b in zip(sub["run_length_s_base"], sub["run_length_s"], strict=True)
@@ -68,9 +72,19 @@ def cells_table(sub: pd.DataFrame, x: str | None, y: str | None) -> str:
     return html_table(table.loc[order], "cells")
 
 
-def _latency(value: float, state: str) -> str:
-    """A latency, or "overloaded" where it has no steady value."""
-    return "overloaded" if state == "overloaded" else seconds(value)
+def _latency(value: float, state: str, ci: float = np.nan) -> str:
+    """A latency with its within-run 95% interval (as ±%), or "overloaded" where it has no
+    steady value."""
+    if state == "overloaded":
+        return "overloaded"
+    if ci is None or not np.isfinite(ci) or not value:
+        return seconds(value)
+    return f"{seconds(value)} ±{ci / value:.0%}"
+
+
+def _computed(reduction: float) -> str:
+    """Prompt tokens computed, as a share: 1 - prompt tokens served from cache / prompt tokens."""
+    return "-" if reduction is None or not np.isfinite(reduction) else f"{(1 - reduction) * 100:.0f}%"
 
 
 def absolute_table(cells: pd.DataFrame, keys: list[str], states: pd.DataFrame) -> str:
