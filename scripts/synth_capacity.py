@@ -1,7 +1,7 @@
 """Write a synthetic dataset of a sweep's shape, to time and look at `kvsweep report` on a big grid
 without the core-hours of simulating it.
 
-    python scripts/synth_capacity.py [SPEC] --out /tmp/capacity-synth   # default SPEC: configs/sweeps/capacity.yaml
+    python scripts/synth_capacity.py [SPEC] --out /tmp/capacity-synth   # SPEC: capacity.yaml
     kvsweep report /tmp/capacity-synth [--slo "ttft_p99_s<1"]
 
 Every row is what `kvsweep run SPEC` would store, except the metrics: the same run ids, axis and

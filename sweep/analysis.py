@@ -23,6 +23,7 @@ Nothing here writes files or prints; :mod:`sweep.report` draws and :mod:`sweep.c
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -84,6 +85,7 @@ _T975: tuple[float, ...] = (
 _Z975 = 1.959963984540054
 
 
+@functools.lru_cache(maxsize=256)  # summarize() asks once per group: 60,000 scipy calls on a big grid
 def t975(df: int) -> float:
     """Two-sided 95% Student-t quantile for ``df`` degrees of freedom (``nan`` when ``df < 1``).
 
