@@ -19,7 +19,7 @@ import pandas as pd
 
 from sweep.analysis import CACHING_AXIS
 from sweep.report.cells import HELP_THRESHOLD, caching_cells
-from sweep.report.fmt import gain, label, listing, num, times, with_unit
+from sweep.report.fmt import gain, label, listing, num, setting, times, with_unit
 from sweep.report.overview import Headline, gain_of
 from sweep.report.roles import BASELINE, determined, sort_modes
 from sweep.search import LOAD_AXES
@@ -63,7 +63,7 @@ def headline_sentence(hl: Headline, rows: pd.DataFrame, model: Any) -> str:
             else:
                 bits.append(text)
         per_gpu.append(f"{gpu}: " + ", ".join(bits))
-    held = listing([f"{label(a)} {num(v)}" for a, v in hl.reference.items()])
+    held = listing([setting(a, v) for a, v in hl.reference.items()])
     unit = f"{hl.unit} per GPU" if hl.load or hl.capacity is None else hl.unit
     head = hl.what[0].upper() + hl.what[1:]
     return f"{head} ({unit}{', at ' + held if held else ''}): " + "; ".join(per_gpu) + " (overview table)."

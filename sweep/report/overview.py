@@ -30,7 +30,7 @@ from sweep import analysis
 from sweep.analysis import CACHING_AXIS
 from sweep.report.capacity import TP, Capacity, amount, bound_of, compare_text
 from sweep.report.cells import cell_states
-from sweep.report.fmt import label, listing, num, seconds, sort_values, with_unit
+from sweep.report.fmt import label, listing, num, seconds, setting, sort_values, with_unit
 from sweep.report.roles import BASELINE, Roles, determined, sort_modes
 from sweep.search import LOAD_AXES, RESOURCE_AXES
 
@@ -341,7 +341,7 @@ def caption(hl: Headline, df: pd.DataFrame) -> str:
             " without, each at its own highest steady load."
         )
     if hl.reference:
-        held = listing([f"{label(a)} {num(v)}" for a, v in hl.reference.items()])
+        held = listing([setting(a, v) for a, v in hl.reference.items()])
         spans = listing(
             [
                 f"{label(a)} ({', '.join(num(v) for v in sort_values(df[a].dropna().tolist()))})"
