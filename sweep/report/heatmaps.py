@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,9 @@ Cell = tuple[Any, Any]  # (y value, x value)
 HATCHES = {"transient": "////", "overloaded": "xxxx"}
 
 
-def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+def new_figure(
+    width: float, height: float, layout: Literal["constrained", "compressed"] | None = "constrained"
+) -> Figure:
     """A figure on the Agg canvas; ``layout=None`` for big grids of panels placed by hand
     (constrained layout measures every label of every panel: a third of a 12-panel figure's time)."""
     fig = Figure(figsize=(width, height), dpi=100, layout=layout)

@@ -56,7 +56,7 @@ class Importance:
 def factors(hl: Headline) -> list[str]:
     """The axes of the decomposition: rows and other axes of the overview, and caching."""
     cells = hl.cells
-    out = []
+    out: list[str] = []
     for axis in [*hl.heads, *hl.others, CACHING_AXIS]:
         if axis not in cells or axis in out or cells[axis].nunique(dropna=False) < 2:
             continue

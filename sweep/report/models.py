@@ -214,10 +214,11 @@ def _facet_figure(ctx: Context, model: str, facets: list[str], drawn: list[tuple
 
 
 def _union_marks(all_marks: list[Marks]) -> Marks:
+    """The marks of several panels as one (for a legend that names every mark drawn)."""
     out = Marks()
-    for m in all_marks:
-        out.state.update({(id(m), *k): v for k, v in m.state.items()})
-        out.boxed |= {(id(m), *k) for k in m.boxed}
+    for i, m in enumerate(all_marks):
+        out.state.update({(i, k): v for k, v in m.state.items()})
+        out.boxed |= {(i, k) for k in m.boxed}
     return out
 
 
