@@ -6,6 +6,10 @@ one-step-at-a-time reference mode on a shorter run, with the speed-up, measured 
 With ``--pure-requests`` it also runs fast mode with the compiled paths off
 (KVSWEEP_PURE_PYTHON=1, in a child process) to show what the compiled module buys.
 
+With ``--replicas N`` (default 4) it measures a cluster: N replicas serving N times the
+scenario's users (the same load per replica) against one replica, in wall microseconds per
+simulated request, for each router of ``--cluster-routers``; the target is 1.3x.
+
 With ``--against REV`` it first compares this tree with git revision REV (e.g. ``HEAD`` for
 uncommitted changes, ``HEAD~1`` for the last commit): REV is checked out in a temporary git
 worktree, its compiled module built there, and both trees run the same scenario in alternating
@@ -54,6 +58,48 @@ def run(path: str, requests: int, mode: str) -> dict[str, float]:
         "hit_rate": s["prefix_hit_rate"],
         "ttft_p50_ms": s["ttft_p50_s"] * 1e3,
     }
+
+
+def run_cluster(path: str, requests: int, replicas: int, router: str) -> dict[str, float]:
+    """The scenario with ``replicas`` replicas serving ``replicas`` x its users and requests."""
+    users = load_config(path, []).workload.users  # type: ignore[union-attr]
+    cfg = load_config(path, [f"run.num_requests={replicas * requests}", "run.mode=fast",
+                             f"cluster.replicas={replicas}", f"cluster.router={router}",
+                             f"workload.users={replicas * users}"])
+    t0 = time.perf_counter()
+    s = simulate(cfg).summary
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "us_per_req": 1e6 * wall / s["num_completed"], "hit_rate": s["prefix_hit_rate"]}
+
+
+def cluster_bench(path: str, requests: int, replicas: int, routers: list[str], repeat: int) -> None:
+    """N replicas x N times the users against one replica, per simulated request: medians of
+    alternating child processes (each run starts from a fresh interpreter, so one run's
+    leftovers do not slow the next)."""
+    print(f"cluster: {replicas} replicas x {replicas}x the users against 1 replica, {requests:,} requests "
+          f"per replica, median of {repeat} alternating child runs")
+    rows: dict[str, list[dict[str, float]]] = {"1": [], **{r: [] for r in routers}}
+    for _ in range(repeat):
+        rows["1"].append(run_cluster_child(path, requests, 1, "round_robin"))
+        for router in routers:
+            rows[router].append(run_cluster_child(path, requests, replicas, router))
+    base = statistics.median(r["us_per_req"] for r in rows["1"])
+    hit = statistics.median(r["hit_rate"] for r in rows["1"])
+    print(f"  1 replica:           {base:6.1f} us/request | hit rate {hit:.4f}")
+    for router in routers:
+        us = statistics.median(r["us_per_req"] for r in rows[router])
+        hit = statistics.median(r["hit_rate"] for r in rows[router])
+        print(f"  {replicas} x {router:<17}{us:6.1f} us/request | hit rate {hit:.4f} | {us / base:.2f}x one "
+              "replica per request (target 1.3x)")
+
+
+def run_cluster_child(path: str, requests: int, replicas: int, router: str) -> dict[str, float]:
+    """:func:`run_cluster` in a child process."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_sim; "
+            "print(json.dumps(bench_sim.run_cluster(sys.argv[2], *map(int, sys.argv[3:5]), sys.argv[5])))")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), path, str(requests),
+                          str(replicas), router], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 def run_child(path: str, requests: int, env: dict[str, str]) -> dict[str, float]:
@@ -126,6 +172,12 @@ def main() -> None:
                     help="request counts for the linearity check (empty to skip)")
     ap.add_argument("--pure-requests", type=int, default=3_000,
                     help="requests for the compiled vs pure-Python comparison (0 to skip)")
+    ap.add_argument("--replicas", type=int, default=4,
+                    help="replicas for the cluster measurement (0 to skip)")
+    ap.add_argument("--cluster-routers", default="session_affinity,prefix_aware,round_robin",
+                    help="routers for the cluster measurement, comma separated")
+    ap.add_argument("--cluster-requests", type=int, default=10_000,
+                    help="requests per replica for the cluster measurement")
     ap.add_argument("--against", metavar="REV", help="first compare with git revision REV (see above)")
     ap.add_argument("--only-against", action="store_true", help="stop after the --against comparison")
     ap.add_argument("--figures-differ", action="store_true",
@@ -159,6 +211,9 @@ def main() -> None:
         for n in (int(x) for x in args.scaling.split(",")):
             r = run(args.config, n, "fast")
             print(f"  {n:>7,} requests: {r['wall_s']:7.2f} s, {1e6 * r['wall_s'] / n:6.0f} us/request")
+    if args.replicas:
+        cluster_bench(args.config, args.cluster_requests, args.replicas, args.cluster_routers.split(","),
+                      args.repeat)
     print(f"RESULT simulated_requests_per_wall_second={fast['req_per_s']:.0f} target=10000")
 
 

@@ -85,6 +85,8 @@ cdef class CBlockPool:
     cdef Py_ssize_t tcap, tcount
     cdef int tshift
     cdef dict dups               # hash -> further blocks holding it (rare)
+    # hashes that left the pool, in order, for a CPU tier (BlockPool.spill); None: not collected
+    cdef public array.array spill
     cdef list ids                # ids[b] is b: one int object per block, shared by all lists
 
     def __cinit__(self, num_blocks, enable_caching=True):
@@ -115,6 +117,7 @@ cdef class CBlockPool:
         self.tcount = 0
         self._resize_table(1024)
         self.dups = {}
+        self.spill = None
 
     def __dealloc__(self):
         c_free(self.blk)
@@ -284,6 +287,12 @@ cdef class CBlockPool:
             return self.n_stack + (self.num_blocks - self.next_fresh) + self.n_lru
         return self._free_count()
 
+    def num_free_uncached(self):
+        """Free blocks that hold no hash: what can be allocated without evicting anything."""
+        if self.unbounded:
+            return self.n_stack + (self.num_blocks - self.next_fresh)
+        return self.n_stack + (self.limit - self.next_fresh)
+
     def num_used(self):
         """Blocks with a reference count above zero (null block excluded)."""
         return self.next_fresh - 1 - self.n_stack - self.n_lru
@@ -295,6 +304,11 @@ cdef class CBlockPool:
     def cached_block(self, block_hash: int):
         cdef Py_ssize_t b = self._find(block_hash)
         return self.ids[b] if b else None
+
+    def cached_hashes(self):
+        """Every hash a lookup can find now (a snapshot: later changes do not show in it)."""
+        cdef Py_ssize_t i
+        return frozenset([self.tab[i].key for i in range(self.tcap) if self.tab[i].val != 0])
 
     def hash_of(self, block_id: int):
         cdef Py_ssize_t b = self._check_id(block_id)
@@ -328,6 +342,16 @@ cdef class CBlockPool:
                 break
             out.append(self.ids[b])
         return out
+
+    def leading_run(self, hashes, Py_ssize_t max_blocks):
+        """``len(longest_hit(hashes, max_blocks))``: how many leading hashes are cached."""
+        cdef array.array ha = _i64(hashes)
+        cdef int64_t* hp = <int64_t*>ha.data.as_longlongs
+        cdef Py_ssize_t n = min(max_blocks, len(ha))
+        cdef Py_ssize_t j = 0
+        while j < n and self._find(hp[j]) != 0:
+            j += 1
+        return j
 
     def longest_hit_hinted(self, hashes, Py_ssize_t max_blocks, hint=None):
         """``BlockPool.longest_hit_hinted``: the hint's leading run of blocks that still hold
@@ -478,6 +502,8 @@ cdef class CBlockPool:
         self.evictions += 1
         if not self.dups or h not in self.dups:  # the common case: the only block holding h
             self._delete(h)
+            if self.spill is not None:
+                _push_i64(self.spill, h)
             return 0
         dups = self.dups[h]
         if self._find(h) == b:

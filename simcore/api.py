@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from simcore.cluster import Cluster
 from simcore.config import SimConfig
-from simcore.costmodel import kv_capacity_blocks
-from simcore.engine import Engine
+from simcore.costmodel import cpu_tier_blocks, kv_capacity_blocks
 from simcore.feasibility import config_refusal, memory_refusal
-from simcore.metrics import empty_summary, no_data_reason, summarize
+from simcore.metrics import empty_summary, merge_counters, no_data_reason, summarize
 from simcore.steady import STEADY_STOPS, Setting
 from simcore.workload import Workload
 
@@ -46,27 +46,33 @@ def simulate(cfg: SimConfig, wall_limit_s: float | None = None) -> RunResult:
         reason = memory_refusal(cfg, num_blocks)
     if reason is not None:
         return RunResult("infeasible", empty_summary(), error=reason)
-    engine = Engine(cfg, num_blocks, wall_limit_s)
-    Workload(cfg).start(engine)
-    engine.run()
+    cluster = Cluster(cfg, num_blocks, wall_limit_s)
+    # one replica: the router steps aside and the workload talks to the engine itself
+    Workload(cfg).start(cluster if len(cluster.engines) > 1 else cluster.engines[0])
+    cluster.run()
+    parts = [e.counters for e in cluster.engines]
+    counters = merge_counters(parts)
+    counters.events += cluster.events
     summary = summarize(
-        engine.records,
-        engine.counters,
+        cluster.records,
+        counters,
         Setting.of(cfg),
-        stop_s=engine.stop_s,
-        stop_reason=engine.stop_reason or "workload ended",
-        cache_full_s=engine.scheduler.cache_full_s,
+        stop_s=cluster.stop_s,
+        stop_reason=cluster.stop_reason or "workload ended",
+        cache_full_s=cluster.cache_full_s(),
         capacity_blocks=num_blocks - 1,
         block_size=cfg.engine.block_size,
         wall_s=time.perf_counter() - t0,
         # a run the steady check stopped reports what the check saw (see steady.py)
-        known_at=engine.stop_s if engine.stop_reason in STEADY_STOPS else math.inf,
+        known_at=cluster.stop_s if cluster.stop_reason in STEADY_STOPS else math.inf,
+        cpu_capacity_blocks=cpu_tier_blocks(cfg) if cfg.engine.prefix_caching != "off" else 0,
+        replica_counters=parts,
     )
     warmup_end = summary["warmup_end_s"]
-    for rec in engine.records:
+    for rec in cluster.records:
         rec.warmup = rec.arrival_s < warmup_end
-    rows = [r.as_row() for r in engine.records] if cfg.run.record_requests else None
+    rows = [r.as_row() for r in cluster.records] if cfg.run.record_requests else None
     if not summary["num_measured"]:
-        reason = no_data_reason(engine.records, summary, engine.stop_s)
+        reason = no_data_reason(cluster.records, summary, cluster.stop_s)
         return RunResult("no_data", summary, error=reason, requests=rows)
     return RunResult("ok", summary, requests=rows)

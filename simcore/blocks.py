@@ -22,6 +22,9 @@ one hash (two requests computed the same content at once); lookups return the fi
 
 "No room" is a return value (``allocate`` returns ``None``); misuse (freeing a free block,
 hashing a hashed block) raises ``RuntimeError``.
+
+``spill``: set it to a list and the pool appends every hash that leaves it (the eviction of the
+last block holding it), in order, for a CPU tier (``simcore/tiers.py``) to take.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ class BlockPool:
         self._hash_to_block: dict[int, int] = {}
         self._dup_blocks: dict[int, list[int]] = {}  # hash -> further blocks holding it
         self.evictions = 0
+        # a list to collect every hash that leaves the pool (its last block evicted), in order,
+        # for a CPU tier to store (see simcore/tiers.py); None: not collected
+        self.spill: list[int] | None = None
 
     # ---- queries ---------------------------------------------------------------------------
     @property
@@ -66,6 +72,10 @@ class BlockPool:
     def num_free(self) -> float:
         """Blocks that can be allocated now (free, cached or never used)."""
         return len(self._unhashed_free) + (self.num_blocks - self._next_fresh) + len(self._cached_free)
+
+    def num_free_uncached(self) -> float:
+        """Free blocks that hold no hash: what can be allocated without evicting anything."""
+        return len(self._unhashed_free) + (self.num_blocks - self._next_fresh)
 
     def num_used(self) -> int:
         """Blocks with a reference count above zero (null block excluded)."""
@@ -77,6 +87,10 @@ class BlockPool:
 
     def cached_block(self, block_hash: int) -> int | None:
         return self._hash_to_block.get(block_hash)
+
+    def cached_hashes(self) -> frozenset[int]:
+        """Every hash a lookup can find now (a snapshot: later changes do not show in it)."""
+        return frozenset(self._hash_to_block)
 
     def hash_of(self, block_id: int) -> int | None:
         """The hash a block holds, or None."""
@@ -98,6 +112,16 @@ class BlockPool:
             return found[: found.index(None)]  # type: ignore[return-value]
         except ValueError:
             return found  # type: ignore[return-value]
+
+    def leading_run(self, hashes: Sequence[int], max_blocks: int) -> int:
+        """``len(longest_hit(hashes, max_blocks))``: how many leading hashes are cached."""
+        get = self._hash_to_block.get
+        n = 0
+        for h in hashes[:max_blocks]:
+            if get(h) is None:
+                break
+            n += 1
+        return n
 
     def longest_hit_hinted(
         self, hashes: Sequence[int], max_blocks: int, hint: Sequence[int] | None = None
@@ -207,6 +231,8 @@ class BlockPool:
         self.evictions += 1
         if h not in self._dup_blocks:  # the common case: the only block holding h
             del self._hash_to_block[h]
+            if self.spill is not None:
+                self.spill.append(h)
             return
         dups = self._dup_blocks[h]
         if self._hash_to_block[h] == b:

@@ -24,6 +24,7 @@ from pydantic import (
 
 from simcore import catalog
 from simcore.dists import Constant, Dist, LogNormal, coerce_dist
+from simcore.router import RouterName
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -135,6 +136,9 @@ class GpuSpec(BaseModel):
     hbm_bandwidth: PositiveFloat
     memory_gib: PositiveFloat
     interconnect_bandwidth: PositiveFloat = 900e9
+    host_bandwidth: PositiveFloat = Field(
+        default=25e9, description="effective host<->GPU copy bandwidth (PCIe), bytes/s per GPU"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -233,6 +237,9 @@ class EngineConfig(BaseModel):
     activation_reserve_gib: NonNegativeFloat = Field(default=2.0, description="per GPU, not for KV")
     kv_budget_gib: PositiveFloat | None = Field(
         default=None, description="explicit KV cache size (all GPUs together); overrides the derivation"
+    )
+    cpu_offload_gib: NonNegativeFloat = Field(
+        default=0.0, description="CPU memory for KV blocks evicted from the GPU (all GPUs together); 0: none"
     )
     cost: CostParams = CostParams()
 
@@ -493,6 +500,26 @@ class RunConfig(BaseModel):
         return self.num_requests is not None or self.duration_s is not None
 
 
+class ClusterConfig(BaseModel):
+    """Data-parallel replicas of the engine behind a router (see ``simcore/router.py``).
+
+    Every replica has the model, GPU and engine settings of the run (its own block pool,
+    scheduler and cost model). With one replica the router steps aside.
+    """
+
+    model_config = _FROZEN
+    replicas: PositiveInt = Field(default=1, le=4096, description="engine replicas")
+    router: RouterName = "round_robin"
+    load_metric: Literal["requests", "tokens"] = Field(
+        default="requests", description="a replica's load: outstanding requests or their prompt tokens"
+    )
+    prefix_weight: NonNegativeFloat = Field(default=2.0, description="prefix_aware: cached-share weight")
+    load_weight: NonNegativeFloat = Field(default=1.0, description="prefix_aware: load-score weight")
+    snapshot_interval_s: PositiveFloat | None = Field(
+        default=None, description="prefix_aware sees cache state refreshed this often; None: exact"
+    )
+
+
 class SimConfig(BaseModel):
     """Everything one simulation needs. ``simulate(cfg)`` is a pure function of it.
 
@@ -507,6 +534,7 @@ class SimConfig(BaseModel):
     engine: EngineConfig = EngineConfig()
     workload: Workload = ChatWorkload()
     run: RunConfig = RunConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     @property
     def until_steady(self) -> bool:

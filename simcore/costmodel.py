@@ -156,3 +156,19 @@ def kv_capacity_blocks(cfg: SimConfig) -> tuple[int, str | None]:
     if blocks < 2:
         return 0, f"KV cache of {free / gib:.3f} GiB per GPU holds fewer than one block"
     return blocks, None
+
+
+def cpu_tier_blocks(cfg: SimConfig) -> int:
+    """Blocks that ``engine.cpu_offload_gib`` of CPU memory holds (every GPU's share of a block
+    together, as vLLM's ``cpu_bytes_to_use`` counts them); 0 without a CPU tier."""
+    e = cfg.engine
+    if not e.cpu_offload_gib:
+        return 0
+    per_block = e.block_size * kv_bytes_per_token_per_gpu(cfg) * e.tensor_parallel
+    return int(e.cpu_offload_gib * 2**30 // per_block)
+
+
+def host_load_seconds(cfg: SimConfig, blocks: int) -> float:
+    """Seconds to copy ``blocks`` KV blocks from CPU memory to the GPUs: each GPU copies its
+    share of every block over its own PCIe link, at ``gpu.host_bandwidth``, all at once."""
+    return blocks * cfg.engine.block_size * kv_bytes_per_token_per_gpu(cfg) / cfg.gpu.host_bandwidth

@@ -2,7 +2,9 @@
 
 Timing rule (both scheduler modes): a request that arrives at or before the end of a step is
 seen by the next step's schedule. The engine enforces it by letting every event due at the
-current time run before it schedules (``_settle``).
+current time run before it schedules: its own events are :class:`Late` (SimPy runs events due at
+one time by priority, and these come after every ordinary event), so when the loop resumes,
+everything else due then has run, however many engines share the environment.
 
 Front-end latency (``engine.cost.frontend_latency_s``, d): the API server's path outside the
 engine (HTTP, tokenising, the hop to the engine core and the first token's way back). Every
@@ -13,20 +15,29 @@ runs on arrival times, a client's completion event fires d later (before its thi
 streaming lag (``first_token_lag_steps``, k) is client-side too: the client sees its first
 text k of the request's own mean decode steps after the engine produced it (never after the
 finish), which moves TTFT only.
+
+CPU tier (``engine.cpu_offload_gib``, ``simcore/tiers.py``): blocks the GPU pool evicts are kept
+in CPU memory. A request whose cached prefix continues there leaves the queue to wait for its
+copies (``kvcache.LOADING``); they cross the replica's host link one copy at a time at
+``gpu.host_bandwidth`` (``costmodel.host_load_seconds``), and when they land the request goes
+back to the head of the queue with those tokens computed. Only that request waits.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Sequence
+from functools import partial
 from typing import Any
 
 import simpy
+from simpy.events import EventPriority
 
 from simcore.blocks import BlockPool, native_pool_class
 from simcore.config import SimConfig
-from simcore.costmodel import CostModel
+from simcore.costmodel import CostModel, cpu_tier_blocks, host_load_seconds
 from simcore.fastforward import FastScheduler
 from simcore.hashing import TokenSeq
 from simcore.kvcache import KVCacheManager, blocks_for
@@ -34,10 +45,35 @@ from simcore.metrics import Counters, RequestRecord
 from simcore.request import Request
 from simcore.scheduler import Scheduler
 from simcore.steady import SteadyMonitor
+from simcore.tiers import CpuTier
 
 STEADY_FIRST_CHECK = 200  # completions before until: steady first checks the run
 STEADY_CHECK_GROWTH = 1.1  # ... then each time the completions grow by this factor
 STEADY_MIN_STEP = 100  # ... and by at least this many
+
+
+LATE = EventPriority(2)  # after SimPy's NORMAL (1): an engine's own events run after all others due then
+
+
+class Late(simpy.Event):
+    """Fires ``delay`` seconds from now, after every ordinary event due at that time."""
+
+    def __init__(self, env: simpy.Environment, delay: float) -> None:
+        # Event.__init__'s fields set here directly: one call less per engine step
+        self.env = env
+        self.callbacks = []
+        self._ok = True
+        self._value = None
+        env.schedule(self, LATE, delay)
+
+
+def limit_reached(arrived: int, max_requests: float, now: float, stop_at: float
+                  ) -> tuple[str, float | None] | None:
+    """None while a run's limits allow another arrival; else why arrivals stop and when (the
+    duration; None for the request count: the last arrival's time)."""
+    if arrived < max_requests and now < stop_at:
+        return None
+    return ("num_requests", None) if arrived >= max_requests else ("duration_s", stop_at)
 
 
 class SimulationTimeout(RuntimeError):
@@ -60,13 +96,48 @@ class Completion(simpy.Event):
 
 
 class Engine:
-    """One serving engine: a block pool, a scheduler and the SimPy loop that drives them."""
+    """One serving engine: a block pool, a scheduler and the SimPy loop that drives them.
 
-    def __init__(self, cfg: SimConfig, num_blocks: int, wall_limit_s: float | None = None) -> None:
+    Alone, it owns its SimPy environment and request list. As a replica of a cluster
+    (``simcore/cluster.py``) it shares both with the other replicas (``env``, ``records``: request
+    ids and the run's request count are cluster-wide), runs its work up to the ``horizon`` the
+    cluster computes instead of the next event in the environment, reports each event a
+    workload may react to (a completion) through ``note`` and its finished requests through
+    ``on_finished``; the cluster then decides when arrivals stop (``until: steady`` included).
+
+    ``outstanding_requests`` / ``outstanding_tokens``: requests submitted here that have not
+    finished, and their prompt tokens (what a router may ask; they change with the engine's
+    state, at the start of the step that finishes a request, in both scheduler modes).
+
+    In a cluster, fast mode plans decode windows instead of running them (``fastforward.py``);
+    whatever asks the engine for state a planned window changes, or sends it a request, first
+    runs the window up to that moment (:meth:`_cut`), so every answer is the one the reference
+    mode gives.
+    """
+
+    def __init__(
+        self, cfg: SimConfig, num_blocks: int, wall_limit_s: float | None = None, *,
+        env: simpy.Environment | None = None, records: list[RequestRecord] | None = None, replica: int = 0,
+        horizon: Callable[[], float] | None = None, note: Callable[[float], None] | None = None,
+        on_finished: Callable[[Sequence[Request]], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self._deadline = None if wall_limit_s is None else time.perf_counter() + wall_limit_s
         self._wall_limit_s = wall_limit_s
-        self.env = simpy.Environment()
+        self.env = env if env is not None else simpy.Environment()
+        self.replica = replica
+        self._horizon = horizon if horizon is not None else self.env.peek
+        self._note = note
+        self._on_finished = on_finished
+        self._outstanding_requests = 0
+        self._outstanding_tokens = 0
+        # the client waits of outstanding requests (request id -> wait), for the cluster's
+        # lookahead, and a min-heap of (wait, id) over them with stale entries popped lazily
+        self._wait_of: dict[int, float] = {}
+        self._waits: list[tuple[float, int]] = []
+        self.next_start = 0.0  # when the loop runs next (inf while idle)
+        self.lookahead = math.inf  # see _next
+        self._was_cut = False
         self.counters = Counters()
         e = cfg.engine
         caching = e.prefix_caching != "off"
@@ -74,13 +145,20 @@ class Engine:
         # the reference mode keeps the pure-Python pool; fast mode takes the compiled one if built
         pool_cls = (native_pool_class() or BlockPool) if fast else BlockPool
         self.pool = pool_cls(num_blocks, enable_caching=caching)
-        self.kv = KVCacheManager(self.pool, e.block_size, caching, hinted_lookup=fast)
+        blocks = cpu_tier_blocks(cfg) if caching else 0
+        self.cpu = CpuTier(blocks) if blocks else None
+        self.kv = KVCacheManager(self.pool, e.block_size, caching, hinted_lookup=fast, cpu=self.cpu)
         cls = FastScheduler if fast else Scheduler
         self.scheduler: Scheduler = cls(
             self.kv, CostModel(cfg), self.counters,
             max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,
         )
-        self.records: list[RequestRecord] = []
+        if isinstance(self.scheduler, FastScheduler) and note is not None:  # a replica of a cluster
+            self.scheduler.tentative = True
+        self.scheduler.load_time = self._load_time
+        self._link_free = 0.0  # when the host link finishes the copies queued on it
+        self._loads_at: list[float] = []  # when the CPU tier copies under way land (a min-heap)
+        self.records: list[RequestRecord] = records if records is not None else []
         self._wake: simpy.Event | None = None
         run = cfg.run
         self._max_requests = cfg.max_requests if cfg.max_requests is not None else math.inf
@@ -88,25 +166,24 @@ class Engine:
         # when arrivals stopped and why (see stop_s); None while the run accepts them
         self.stop_reason: str | None = None
         self._stopped_at: float | None = None
-        # until: steady checks the run after this many completions (see _check_steady)
-        self._monitor = SteadyMonitor(cfg) if cfg.until_steady else None
+        # until: steady checks the run after this many completions (see _check_steady); in a
+        # cluster the cluster checks
+        self._monitor = SteadyMonitor(cfg) if cfg.until_steady and on_finished is None else None
         self._completed = 0
         self._next_check: float = STEADY_FIRST_CHECK if self._monitor is not None else math.inf
         self._frontend_s = e.cost.frontend_latency_s
         # a request of at most this many tokens (prompt + output) always fits: max_model_len and cache
         self._fits_tokens = min(cfg.max_model_len, (self.pool.usable_blocks * e.block_size) + 1)
-        self.env.process(self._loop())
+        self._proc = self.env.process(self._loop())
 
     # ---- used by workloads -----------------------------------------------------------------
     def may_submit(self) -> bool:
         """Whether the run still accepts arrivals (request count, duration and the steady check)."""
         if self.stop_reason is None:
-            if len(self.records) < self._max_requests and self.env.now < self._stop_s:
+            reached = limit_reached(len(self.records), self._max_requests, self.env.now, self._stop_s)
+            if reached is None:
                 return True
-            if len(self.records) >= self._max_requests:
-                self.stop_reason = "num_requests"
-            else:
-                self.stop_reason, self._stopped_at = "duration_s", self._stop_s
+            self.stop_reason, self._stopped_at = reached
         return False
 
     @property
@@ -131,6 +208,7 @@ class Engine:
         now = self.env.now
         req = Request(seq, prompt, output, rid=len(self.records), session_id=session_id, turn=turn,
                       profile=profile, arrival_s=now)
+        req.record.replica = self.replica
         self.records.append(req.record)
         req.done = Completion(self.env)
         req.then_wait_s = then_wait_s + self._frontend_s
@@ -142,6 +220,15 @@ class Engine:
             req.record.finish_s = now
             req.done.succeed(False)
             return req.done
+        if self.scheduler.plan is not None:
+            self._cut()
+        self._outstanding_requests += 1
+        self._outstanding_tokens += prompt
+        if self._note is not None:
+            self._wait_of[req.rid] = req.then_wait_s
+            heapq.heappush(self._waits, (req.then_wait_s, req.rid))
+            # an idle loop (next_start inf) runs again now, woken by this request
+            self.lookahead = min(self.lookahead, min(self.next_start, now) + req.then_wait_s)
         self.scheduler.add(req)
         if self._wake is not None:
             self._wake.succeed()
@@ -165,6 +252,7 @@ class Engine:
     def _loop(self) -> Generator[Any, Any, None]:
         env = self.env
         sched = self.scheduler
+        clustered = self._note is not None  # only a replica keeps a lookahead (see _next)
         n = 0
         while True:
             n += 1
@@ -173,23 +261,73 @@ class Engine:
                     f"simulation exceeded its wall-time limit of {self._wall_limit_s:g} s "
                     f"at simulated time {env.now:.1f} s"
                 )
-            while env.peek() <= env.now:  # settle: everything due now runs before the schedule
-                self.counters.events += 1
-                yield env.timeout(0)
             if not sched.has_work():
-                self._wake = env.event()
-                self.counters.events += 1
-                yield self._wake
+                yield from self._idle()
                 continue
             now = env.now
-            end, finished = sched.advance(now, env.peek())
-            for req in finished:
-                req.done.fire_after(req.completion_delay(now), True)
-            self._completed += len(finished)
-            if self._completed >= self._next_check:
-                self._check_steady(finished)
+            horizon = self._horizon()
+            if self._loads_at and self._loads_at[0] < horizon:
+                horizon = self._loads_at[0]
+            end, finished = sched.advance(now, horizon)
+            if finished:
+                self._finished(now, finished)
+            if sched.loads:
+                self._start_loads(now)
+            if end == now:  # no step: what could run waits for CPU tier copies; a landing wakes us
+                yield from self._idle()
+                continue
             self.counters.events += 1
-            yield env.timeout(end - now)
+            if sched.plan is None:
+                if clustered:
+                    self._next(end)
+                yield Late(env, end - now)
+                continue
+            # a planned window runs when it ends, unless a router needs it sooner (_cut)
+            end = sched.plan[2]
+            self._next(end)
+            self._was_cut = False
+            yield Late(env, end - now)
+            if self._was_cut:
+                continue
+            assert isinstance(sched, FastScheduler)  # only it plans windows
+            end, finished = sched.run_plan(math.inf)
+            if finished:
+                self._finished(end, finished)
+                if any(req.then_wait_s == 0 for req in finished):
+                    # a completion due now (no client wait) runs before the next schedule
+                    self.counters.events += 1
+                    yield Late(env, 0.0)
+
+    def _idle(self) -> Generator[Any, Any, None]:
+        """Wait for a submission (or a landing CPU tier copy), then let everything else due at
+        that moment run before the schedule."""
+        self._wake = self.env.event()
+        self.counters.events += 1
+        self._next(math.inf)
+        yield self._wake
+        self._next(self.env.now)
+        self.counters.events += 1
+        yield Late(self.env, 0.0)
+
+    def _finished(self, now: float, finished: list[Request]) -> None:
+        """Schedule the completion events of requests the last advance finished."""
+        note = self._note
+        for req in finished:
+            delay = req.completion_delay(now)
+            req.done.fire_after(delay, True)
+            if note is not None:
+                note(now + delay)
+            self._outstanding_tokens -= req.prompt_len
+        self._outstanding_requests -= len(finished)
+        if note is not None:
+            wait_of = self._wait_of
+            for req in finished:
+                del wait_of[req.rid]
+        if self._on_finished is not None:
+            self._on_finished(finished)
+        self._completed += len(finished)
+        if self._completed >= self._next_check:
+            self._check_steady(finished)
 
     def _check_steady(self, finished: list[Request]) -> None:
         """``until: steady``: check the run at each ``_next_check``-th completion, in completion
@@ -212,13 +350,127 @@ class Engine:
             if verdict is not None:
                 self.stop_reason, self._stopped_at = verdict, at
 
+    # ---- the CPU tier --------------------------------------------------------------------------
+    def _load_time(self, now: float, blocks: int) -> float:
+        """When ``blocks`` blocks copied from the CPU tier, queued now on the host link, land
+        (copies take the link one at a time, first come first served)."""
+        start = self._link_free if self._link_free > now else now
+        self._link_free = start + host_load_seconds(self.cfg, blocks)
+        return self._link_free
+
+    def _start_loads(self, now: float) -> None:
+        """Time the copies the last advance started: each request comes back when its lands."""
+        sched = self.scheduler
+        for req, ready in sched.loads:
+            self.counters.cpu_loaded_blocks += req.loading
+            self.counters.events += 1
+            heapq.heappush(self._loads_at, ready)
+            ev = self.env.timeout(ready - now)
+            ev.callbacks.append(partial(self._landed, req))
+        sched.loads.clear()
+
+    def _landed(self, req: Request, _: simpy.Event) -> None:
+        heapq.heappop(self._loads_at)  # the earliest: copies land in the order they were queued
+        if self.scheduler.plan is not None:
+            self._cut()
+        self.scheduler.loaded(req)
+        if self._wake is not None:
+            self._wake.succeed()
+            self._wake = None
+
+    def _cut(self) -> None:
+        """Run the planned window's steps that started before now (a router needs this engine
+        now); the loop resumes where the last of them ends."""
+        now = self.env.now
+        sched = self.scheduler
+        assert isinstance(sched, FastScheduler)  # only it plans windows
+        end, finished = sched.run_plan(now)
+        if finished:
+            self._finished(now, finished)
+        self._next(end)
+        self._was_cut = True
+        # the loop waits for the plan's end: make it wake at ``end`` instead (what SimPy's
+        # interrupt does inside, without raising an exception in the loop)
+        proc = self._proc
+        proc.target.callbacks.remove(proc._resume)
+        wake = Late(self.env, end - now)
+        wake.callbacks.append(proc._resume)
+        proc._target = wake
+        self.counters.events += 1
+
+    def _sync_load(self) -> None:
+        """Before a router reads the load: a planned window's last step may finish requests,
+        and then it counts once that step has started."""
+        sched = self.scheduler
+        if sched.plan is not None:
+            assert isinstance(sched, FastScheduler)  # only it plans windows
+            if self.env.now > sched.plan_last_start():
+                self._cut()
+
+    @property
+    def outstanding_requests(self) -> int:
+        self._sync_load()
+        return self._outstanding_requests
+
+    @property
+    def outstanding_tokens(self) -> int:
+        self._sync_load()
+        return self._outstanding_tokens
+
+    def _next(self, start: float) -> None:
+        """The loop runs next at ``start``; update :attr:`lookahead`: the earliest time a request
+        outstanding here could complete (its completion event, when its client may submit
+        again), no sooner than then plus the least client wait among them; inf with nothing
+        outstanding. (Requests submitted later arrive with events the cluster waits for; a
+        request that finishes leaves a lower bound until the next update.)"""
+        self.next_start = start
+        if self._loads_at and self._loads_at[0] < start:  # a landing copy may wake the loop then
+            start = self._loads_at[0]
+        waits, wait_of = self._waits, self._wait_of
+        if len(waits) > 2 * len(wait_of) + 64:  # mostly finished requests: rebuild (bounded memory)
+            waits[:] = [(w, rid) for rid, w in wait_of.items()]
+            heapq.heapify(waits)
+        while waits and waits[0][1] not in wait_of:
+            heapq.heappop(waits)
+        self.lookahead = start + waits[0][0] if waits else math.inf
+
+    # ---- a router's questions (read-only) ------------------------------------------------------
+    def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
+        """Tokens of the longest leading run of ``hashes`` held here (whole blocks)."""
+        self._sync_cache()
+        return self.kv.cached_prefix_tokens(hashes)
+
+    def _sync_cache(self) -> None:
+        """Before a router asks about a prompt: run a planned window up to now if what it has
+        done by now changes the answer (it evicted a block; the hashes it added are its members'
+        replies, which no prompt arriving now can hold)."""
+        sched = self.scheduler
+        if sched.plan is not None:
+            assert isinstance(sched, FastScheduler)  # only it plans windows
+            if sched.plan_evicts_before(self.env.now):
+                self._cut()
+
+    def held_hashes(self) -> tuple[frozenset[int], frozenset[int]]:
+        """Every hash held here now, in GPU memory and in the CPU tier (a router's snapshot: kept
+        for later questions, it needs the hashes a planned window added too)."""
+        if self.scheduler.plan is not None:
+            self._cut()
+        if self.cpu is None:
+            return self.pool.cached_hashes(), frozenset()
+        self.kv._drain()
+        return self.pool.cached_hashes(), self.cpu.cached_hashes()
+
     def run(self) -> None:
         self.env.run()
-        self.counters.evictions = self.pool.evictions
+        self.collect()
         for rec in self.records:
             if rec.status == "pending":
                 raise RuntimeError(f"request {rec.request_id} never finished: engine bug")
         self._client_times()
+
+    def collect(self) -> None:
+        """Copy the pool's own tallies into the counters (once the run is over)."""
+        self.counters.evictions = self.pool.evictions
 
     def _client_times(self) -> None:
         """Move first-token and finish times to what the client sees (see the module notes)."""

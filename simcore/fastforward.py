@@ -26,11 +26,19 @@ event that could change the batch: an outside event (``horizon``) or the complet
 a request that finished (its client may submit again then). The engine loop would have made
 the same calls one by one with nothing happening in between, so the result is the same with
 fewer SimPy events.
+
+*Planned windows* (``tentative``, for a replica of a cluster, where every routing anywhere is
+an outside event): a window is not run up to the horizon but *planned* to its natural end
+(first finish, or the free-block bound) without touching any state; the engine runs it
+(:meth:`run_plan`) when it ends, or earlier, up to the moment a router sends this engine a
+request or needs state the window changes. Running a plan up to a limit is ``_window`` with
+that limit as its horizon, so the result is the same as stopping at every routing event.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from array import array
 from bisect import insort
 from operator import itemgetter
@@ -47,6 +55,8 @@ _Entry = tuple[int, int, int, Request]  # (step, admit_seq, epoch, request)
 # c0 - d0); the tables are the request's own arrays (they only grow while it is a member)
 Member: TypeAlias = "tuple[int, Request, array[int], array[int], int]"
 _SEQ = itemgetter(0)
+# decode_steps' result: (end time, last step, end of the first step, busy s, seq-s, block-s, peak)
+StepsResult: TypeAlias = "tuple[float, int, float, float, float, float, int]"
 CHAIN = 64  # most paths one advance() runs back to back
 
 
@@ -67,6 +77,7 @@ class FastScheduler(Scheduler):
             mod.decode_block_events if mod is not None and isinstance(self.pool, mod.CBlockPool) else None
         )
         self._steps_fn = decode_steps if mod is None else mod.decode_steps
+        self.tentative = False  # plan windows instead of running them (see the module notes)
 
     # ---- group membership --------------------------------------------------------------
     def _join(self, req: Request) -> None:
@@ -144,15 +155,31 @@ class FastScheduler(Scheduler):
         paths per call, so the loop's wall-clock check still runs."""
         end, finished = self._advance_once(now, horizon)
         new = finished
+        start = now  # the last path's start
         n = 1
         while True:
             for req in new:  # the completion's time exactly as SimPy will compute it
                 horizon = min(horizon, now + req.completion_delay(now))
-            if end >= horizon or n == CHAIN or not self.has_work():
+            if self.loads:  # a CPU tier copy that lands brings its request back
+                horizon = min(horizon, *(ready for _, ready in self.loads))
+            if self.plan is not None or not self.has_work() or end == start:  # (no step: in_flight)
                 return end, finished
-            end, new = self._advance_once(end, horizon)
+            if end >= horizon or n == CHAIN:
+                if self.tentative and self._window_next() and self.pool.num_free() >= len(self.group):
+                    # a plan changes nothing until it runs, and a cut before its start drops it
+                    self._window(end, horizon)
+                return end, finished
+            start = end
+            end, new = self._advance_once(start, horizon)
             finished += new
             n += 1
+
+    def _window_next(self) -> bool:
+        """Whether the next path is a window (what :meth:`_advance_once` would run)."""
+        r = len(self.group)
+        if not r or self.prefill or r > self.max_num_batched_tokens:
+            return False
+        return not self.waiting or len(self.running) >= self.max_num_seqs or r == self.max_num_batched_tokens
 
     def _advance_once(self, now: float, horizon: float) -> tuple[float, list[Request]]:
         r = len(self.group)
@@ -174,27 +201,86 @@ class FastScheduler(Scheduler):
         k_mem = bs * int(min(free, 1 << 40) // r)
         k_fin = self._finish_heap[0][0] - self.D + 1
         k_max = min(k_mem, k_fin)
+        if self.tentative:
+            return self._plan(now, r, self.D + k_max - 1)
         t, step = self._decode_steps(now, horizon, r, self.D + k_max - 1)
         self._block_events(self.D, step)
         self.D = step + 1
         return t, self._finish_members(step, t)
 
-    def _decode_steps(self, now: float, horizon: float, r: int, last: int) -> tuple[float, int]:
+    def _plan(self, now: float, r: int, last: int) -> tuple[float, list[Request]]:
+        """Plan the window of steps D..last starting at ``now``: its end time, nothing run."""
+        res = self._steps(now, math.inf, r, last)
+        self.plan = (now, last, res[0])
+        self._plan_result = res  # what running it in full applies (nothing changes until then)
+        self._plan_last_start: float | None = None
+        return res[0], []
+
+    def plan_last_start(self) -> float:
+        """When the planned window's last step starts (the one that finishes a member, if any)."""
+        assert self.plan is not None
+        if self._plan_last_start is None:
+            now, last, _ = self.plan
+            self._plan_last_start = now if last == self.D else self._steps(now, math.inf, len(self.group),
+                                                                           last - 1)[0]
+        return self._plan_last_start
+
+    def plan_evicts_before(self, t: float) -> bool:
+        """Whether the planned window's steps that start before ``t`` evict a cached block (only
+        then do they change what a lookup finds: their new hashes are their members' replies,
+        which no other prompt holds)."""
+        assert self.plan is not None
+        now, last, _ = self.plan
+        if t <= now:
+            return False
+        r = len(self.group)
+        step = self._steps(now, t, r, last)[1]  # the last step that starts before t
+        bs = self.block_size
+        n = step - self.D + 1
+        allocs = (n // bs) * r + sum(len(self._phase[-s % bs]) for s in range(step - n % bs + 1, step + 1))
+        return allocs > self.pool.num_free_uncached()
+
+    def run_plan(self, limit: float) -> tuple[float, list[Request]]:
+        """Run the planned window's steps that start before ``limit`` (all of them for
+        ``math.inf``) and drop the plan; return (end of the last step run, or the window's start
+        if none did, the requests finished)."""
+        assert self.plan is not None
+        now, last, end = self.plan
+        self.plan = None
+        if limit <= now:
+            return now, []
+        planned = self._plan_result if limit >= end else None  # in full: what the plan computed
+        t, step = self._decode_steps(now, limit, len(self.group), last, planned)
+        self._block_events(self.D, step)
+        self.D = step + 1
+        return t, self._finish_members(step, t)
+
+    def _decode_steps(
+        self, now: float, horizon: float, r: int, last: int, planned: StepsResult | None = None
+    ) -> tuple[float, int]:
         """Time pure decode steps from step D until ``last`` or until one ends at or after
         ``horizon``; return (end time, last step run). The counters get exactly the reference's
-        per-step updates, in the same order; blocks in use grow by each step's allocations."""
+        per-step updates, in the same order; blocks in use grow by each step's allocations.
+        ``planned``: :meth:`_steps`' result for these arguments, already computed (a plan)."""
         c = self.counters
-        attn = self.sum_c0_minus_d0 + r * self.D + r  # sum of (computed + 1) over members
-        acc = (c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks)
-        t, step, t_first, c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks = self._steps_fn(
-            now, horizon, r, self.D, last, attn, self.pool.num_used(), self._phase, self.cost.terms, acc
-        )
+        if planned is None:
+            planned = self._steps(now, horizon, r, last)
+        t, step, t_first, c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks = planned
         c.steps += step - self.D + 1
         if self._first_pending:
             for req in self._first_pending:
                 req.record.first_token_s = t_first
             self._first_pending.clear()
         return t, step
+
+    def _steps(self, now: float, horizon: float, r: int, last: int) -> StepsResult:
+        """:func:`decode_steps` from the current state (a pure computation)."""
+        c = self.counters
+        attn = self.sum_c0_minus_d0 + r * self.D + r  # sum of (computed + 1) over members
+        acc = (c.busy_s, c.batch_seq_s, c.used_block_s, c.peak_used_blocks)
+        return self._steps_fn(  # type: ignore[no-any-return]
+            now, horizon, r, self.D, last, attn, self.pool.num_used(), self._phase, self.cost.terms, acc
+        )
 
     def _finish_members(self, step: int, end: float) -> list[Request]:
         """Members whose last token comes out of ``step`` (ending at ``end``) finish."""
@@ -229,6 +315,8 @@ class FastScheduler(Scheduler):
         admitted = self._admit_waiting(now, self.max_num_batched_tokens - demand)
         explicit = chunks + admitted
         if not r and not explicit:
+            if self.in_flight:  # what could run waits for CPU tier copies: no step until one lands
+                return now, []
             raise RuntimeError("engine step with nothing scheduled: a request cannot make progress")
         tokens = r
         attn = self.sum_c0_minus_d0 + r * self.D + r

@@ -15,6 +15,9 @@ from collections.abc import Callable, Sequence
 from simcore import native
 from simcore.blocks import BlockPool
 from simcore.request import Request
+from simcore.tiers import CpuTier
+
+LOADING = -2  # admit_waiting: the request holds its hit blocks and waits for a CPU tier copy
 
 
 def blocks_for(tokens: int, block_size: int) -> int:
@@ -23,7 +26,22 @@ def blocks_for(tokens: int, block_size: int) -> int:
 
 
 class KVCacheManager:
-    def __init__(self, pool: BlockPool, block_size: int, caching: bool, hinted_lookup: bool = False) -> None:
+    """A request's blocks in the GPU pool and, with a CPU tier (``cpu``), its hits there.
+
+    With a CPU tier, a waiting request whose cached prefix continues in CPU memory past its
+    GPU hit (:meth:`_admit_tiered`) gets its GPU hits plus blocks for the rest of its prompt,
+    and waits while its CPU hits cross PCIe (``LOADING``); then :meth:`loaded` hashes their
+    blocks and the next admission goes on from there like a running request's next chunk.
+    (vLLM gives such a request blocks for the loaded tokens only; holding the whole prompt's
+    means a request whose copies landed never waits for room that other copies hold.) The GPU
+    pool's evicted hashes are stored in the tier before every question the tier answers, so it
+    sees them in order.
+    """
+
+    def __init__(
+        self, pool: BlockPool, block_size: int, caching: bool, hinted_lookup: bool = False,
+        cpu: CpuTier | None = None,
+    ) -> None:
         self.pool = pool
         self.block_size = block_size
         self.caching = caching
@@ -35,6 +53,10 @@ class KVCacheManager:
             self.admit_waiting: Callable[[Request, int], int] = self._admit_compiled
         else:
             self.admit_waiting = self._admit_lookup_then_admit
+        self.cpu = cpu if caching else None
+        if self.cpu is not None:
+            pool.spill = array("q") if compiled else []  # type: ignore[assignment]
+            self.admit_waiting = self._admit_tiered
 
     def _admit_lookup_then_admit(self, req: Request, budget: int) -> int:
         """Admit a waiting request with its cached prefix and room for up to ``budget`` new
@@ -103,6 +125,70 @@ class KVCacheManager:
             start = req.num_cached_blocks
             self.pool.cache_blocks(req.blocks[start:full], req.seq.hashes[start:full])
             req.num_cached_blocks = full
+
+    def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
+        """Tokens of the longest leading run of ``hashes`` held here, whole blocks, no cap, in
+        GPU memory then continuing in the CPU tier (a router's question; changes no state a
+        later step sees)."""
+        n = self.pool.leading_run(hashes, len(hashes))
+        if self.cpu is not None and n < len(hashes):
+            self._drain()
+            n += self.cpu.leading_run(hashes, n, len(hashes))
+        return n * self.block_size
+
+    # ---- the CPU tier -------------------------------------------------------------------------
+    def _drain(self) -> None:
+        """Store the hashes the GPU pool evicted since the last call in the CPU tier, in order."""
+        spill = self.pool.spill
+        if spill:
+            assert self.cpu is not None
+            self.cpu.store(spill)
+            del spill[:]
+
+    def _admit_tiered(self, req: Request, budget: int) -> int:
+        """:meth:`admit_waiting` with a CPU tier: as without one, unless the request's cached
+        prefix continues in CPU memory past its GPU hit; then take the GPU hits and a block for
+        each CPU hit and return ``LOADING`` (or -1 if they do not fit). A request already
+        holding loaded blocks goes on from them."""
+        if req.blocks:  # its CPU hits have landed (see loaded): admit its next chunk
+            n = min(req.num_tokens - req.num_computed, budget)
+            ok = self.append(req, n)
+            assert ok  # its prompt's blocks are all there
+            return n
+        bs = self.block_size
+        hits = self.lookup(req)
+        k = len(hits)
+        cap = (req.num_tokens - 1) // bs
+        m = 0
+        if k < cap:
+            self._drain()
+            assert self.cpu is not None
+            m = self.cpu.leading_run(req.seq.hashes, k, cap)
+        if not m:
+            n = min(req.num_tokens - k * bs, budget)
+            return n if self.admit(req, hits, n) else -1
+        need = blocks_for(req.num_tokens, bs) - k  # the CPU hits and the rest of the prompt
+        if need + self.pool.count_free_in(hits) > self.pool.num_free():
+            return -1
+        self.pool.touch(hits)
+        table = hits if type(hits) is array else array("q", hits)
+        ok = self.pool.allocate_into(table, need)
+        assert ok  # checked above
+        self.cpu.take(req.seq.hashes[k : k + m])  # type: ignore[union-attr]
+        req.blocks = table
+        req.num_cached_blocks = k
+        req.num_computed = k * bs
+        req.loading = m
+        return LOADING
+
+    def loaded(self, req: Request) -> None:
+        """The request's CPU hits have crossed to the GPU: hash their blocks (vLLM caches loaded
+        blocks once they land) and count them computed."""
+        k, m = req.num_cached_blocks, req.loading
+        self.pool.cache_blocks(req.blocks[k : k + m], req.seq.hashes[k : k + m])
+        req.num_cached_blocks = k + m
+        req.num_computed = (k + m) * self.block_size
+        req.loading = 0
 
     def free(self, req: Request) -> None:
         """Release a request's blocks deepest-first; hashed ones stay findable until evicted."""

@@ -5,7 +5,18 @@ token) / (output tokens - 1); queueing is arrival to first admission. Hit rate =
 tokens queried, both recorded once, at a request's first admission (re-admissions after
 preemption are not counted again, as in vLLM); ``prefill_reduction`` = prompt tokens served from
 cache / prompt tokens, the same figure by that definition; tokens computed again after a
-preemption are ``recomputed_tokens``, never prefill.
+preemption are ``recomputed_tokens``, never prefill. ``hit_rate_gpu`` and ``hit_rate_cpu`` split
+the hit rate by the tier that held the tokens (GPU memory, or the CPU tier of
+``engine.cpu_offload_gib``).
+
+Clusters (``replicas`` > 1): request figures are cluster-wide. Engine figures combine the
+replicas (:func:`merge_counters`): steps, preemptions and evictions are summed; KV capacity is
+one replica's (all replicas are alike), the KV peak the largest replica's, mean KV use and busy
+fraction the mean over replicas, mean batch size weighted by busy time. Load imbalance is max
+over mean across replicas of requests served (``request_imbalance``, all requests) and of busy
+time (``busy_imbalance``); ``replica_hit_rates`` lists each replica's hit rate over the measured
+requests (a JSON list, by replica), with its min and max. With one replica all of these reduce
+to the single engine's.
 
 Which requests count: a run's warm-up, its measured window, the ``steady`` verdict and the
 within-run confidence intervals (``*_ci95_run``) are defined in ``steady.py``. In short, the
@@ -23,6 +34,7 @@ stopped (``stop_reason``), ``measured_s`` long.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -50,6 +62,8 @@ REQUEST_FIELDS: dict[str, str] = {
     "warmup": "bool",
     "status": "str",
     "error": "str",
+    "replica": "int",
+    "cpu_cached_tokens": "int",
 }
 
 _LATENCIES = ("ttft", "tpot", "e2e", "queue")
@@ -92,6 +106,16 @@ SUMMARY_FIELDS: dict[str, str] = {
     "num_steps": "int",
     "sim_events": "int",
     "sim_wall_s": "float",
+    "hit_rate_gpu": "float",
+    "hit_rate_cpu": "float",
+    "cpu_capacity_blocks": "int",
+    "cpu_loaded_blocks": "int",
+    "replicas": "int",
+    "request_imbalance": "float",
+    "busy_imbalance": "float",
+    "replica_hit_rate_min": "float",
+    "replica_hit_rate_max": "float",
+    "replica_hit_rates": "str",
 }
 
 @dataclass(slots=True)
@@ -106,6 +130,23 @@ class Counters:
     preemptions: int = 0
     evictions: int = 0
     events: int = 0
+    cpu_loaded_blocks: int = 0  # blocks copied back from the CPU tier
+
+
+def merge_counters(parts: Sequence[Counters]) -> Counters:
+    """The counters of several replicas as one: sums, except the peak (the largest replica's)."""
+    out = Counters()
+    for c in parts:
+        out.steps += c.steps
+        out.busy_s += c.busy_s
+        out.batch_seq_s += c.batch_seq_s
+        out.used_block_s += c.used_block_s
+        out.peak_used_blocks = max(out.peak_used_blocks, c.peak_used_blocks)
+        out.preemptions += c.preemptions
+        out.evictions += c.evictions
+        out.events += c.events
+        out.cpu_loaded_blocks += c.cpu_loaded_blocks
+    return out
 
 
 @dataclass(slots=True)
@@ -129,6 +170,8 @@ class RequestRecord:
     warmup: bool = False
     status: str = "pending"
     error: str = ""
+    replica: int = 0  # which replica served it
+    cpu_cached_tokens: int = 0  # of cached_tokens, those found in the CPU tier
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,17 +193,25 @@ def summarize(
     block_size: int,
     wall_s: float,
     known_at: float = math.inf,
+    cpu_capacity_blocks: int = 0,
+    replica_counters: Sequence[Counters] | None = None,
 ) -> dict[str, Any]:
     """One flat row with every key of :data:`SUMMARY_FIELDS` (see the module docstring).
     ``stop_s``: when arrivals stopped; ``cache_full_s``: when the KV cache first filled;
     ``known_at``: measure only what was known then (``steady.py``: a run the steady check
-    stopped reports what the check saw)."""
+    stopped reports what the check saw). ``counters``: the engine's, or the replicas' merged
+    (:func:`merge_counters`), in which case ``replica_counters`` gives them one by one;
+    ``capacity_blocks`` and ``cpu_capacity_blocks`` are one replica's."""
+    parts = list(replica_counters) if replica_counters is not None else [counters]
+    n = len(parts)
     s = series(columns(records), known_at)
     w = window(s, stop_s, setting.warmup_s, cache_full_s)
     m = w.measured
     end = max((r.finish_s for r in records if r.finish_s >= 0), default=0.0)
     prompt_total = int(s.prompt[m].sum())
     hits = int(s.cached[m].sum())
+    measured = [r for r, keep in zip(records, m.tolist(), strict=True) if keep]
+    cpu_hits = sum(r.cpu_cached_tokens for r in measured) if cpu_capacity_blocks else 0
     row: dict[str, Any] = {
         "num_requests": len(records),
         "num_completed": sum(r.status == "completed" for r in records),
@@ -184,17 +235,52 @@ def summarize(
         "kv_capacity_tokens": capacity_blocks * block_size,
         "kv_peak_blocks": counters.peak_used_blocks,
         "kv_peak_util": ratio(counters.peak_used_blocks, capacity_blocks),
-        "kv_mean_util": ratio(counters.used_block_s / capacity_blocks, end) if capacity_blocks else None,
+        "kv_mean_util": ratio(counters.used_block_s / capacity_blocks / n, end) if capacity_blocks else None,
         "mean_batch_size": ratio(counters.batch_seq_s, counters.busy_s),
-        "engine_busy_fraction": ratio(counters.busy_s, end),
+        "engine_busy_fraction": ratio(counters.busy_s / n, end),
         "num_steps": counters.steps,
         "sim_events": counters.events,
         "sim_wall_s": wall_s,
+        "hit_rate_gpu": ratio(hits - cpu_hits, prompt_total),
+        "hit_rate_cpu": ratio(cpu_hits, prompt_total),
+        "cpu_capacity_blocks": cpu_capacity_blocks,
+        "cpu_loaded_blocks": counters.cpu_loaded_blocks,
+        **_replica_fields(records, measured, parts, prompt_total, hits),
     }
     row = {key: row[key] for key in SUMMARY_FIELDS}
     if not row["num_measured"]:
         row["steady"], row["steady_reason"] = False, "no measured requests"
     return row
+
+
+def _replica_fields(
+    records: Sequence[RequestRecord], measured: Sequence[RequestRecord], parts: Sequence[Counters],
+    prompt_total: int, hits: int,
+) -> dict[str, Any]:
+    """Load imbalance and hit rate per replica (see the module notes)."""
+    n = len(parts)
+    if n == 1:  # one engine: everything on replica 0 (no loop over the records)
+        served, prompt, hit = [len(records)], [prompt_total], [hits]
+    else:
+        served = [0] * n
+        for r in records:
+            served[r.replica] += 1
+        prompt = [0] * n
+        hit = [0] * n
+        for r in measured:
+            prompt[r.replica] += r.prompt_tokens
+            hit[r.replica] += r.cached_tokens
+    rates = [h / p if p else None for h, p in zip(hit, prompt, strict=True)]
+    known = [x for x in rates if x is not None]
+    busy = [c.busy_s for c in parts]
+    return {
+        "replicas": n,
+        "request_imbalance": ratio(max(served) * n, sum(served)),
+        "busy_imbalance": ratio(max(busy) * n, sum(busy)),
+        "replica_hit_rate_min": min(known) if known else None,
+        "replica_hit_rate_max": max(known) if known else None,
+        "replica_hit_rates": json.dumps([None if x is None else round(x, 6) for x in rates]),
+    }
 
 
 def no_data_reason(records: Sequence[RequestRecord], summary: dict[str, Any], stop_s: float) -> str:

@@ -23,7 +23,7 @@ class Request:
         "rid", "session_id", "turn", "profile", "seq", "prompt_len", "output_len", "record",
         "num_computed", "num_generated", "blocks", "num_cached_blocks",
         "admitted", "admit_seq", "done", "then_wait_s", "d0", "c0", "g0", "epoch", "member",
-        "admit_computed", "high_water", "recomputed",
+        "admit_computed", "high_water", "recomputed", "loading",
     )
 
     def __init__(
@@ -75,6 +75,7 @@ class Request:
         self.g0 = 0
         self.epoch = 0
         self.member: Any = None  # its phase-bucket entry while a decode member
+        self.loading = 0  # blocks being copied from the CPU tier (see kvcache.py)
 
     @property
     def num_tokens(self) -> int:

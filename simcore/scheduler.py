@@ -18,10 +18,11 @@ One step, in order (vLLM v1 ``Scheduler.schedule``):
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from simcore.blocks import BlockPool
 from simcore.costmodel import CostModel, chunk_terms
-from simcore.kvcache import KVCacheManager
+from simcore.kvcache import LOADING, KVCacheManager
 from simcore.metrics import Counters
 from simcore.request import Request
 
@@ -49,6 +50,12 @@ class Scheduler:
         # the first admission after the block pool first evicted (it had filled), or None: the
         # cache's warm-up lasts at least until then (see metrics.py)
         self.cache_full_s: float | None = None
+        self.plan: tuple[float, int, float] | None = None  # never set here (see fastforward.py)
+        # requests admitted to wait for CPU tier copies, with when those land (load_time gives
+        # it: the engine's host link); the engine takes them after each advance
+        self.loads: list[tuple[Request, float]] = []
+        self.load_time: Callable[[float, int], float] | None = None
+        self.in_flight = 0  # requests whose copies have not landed
 
     def has_work(self) -> bool:
         return bool(self.running or self.waiting)
@@ -85,6 +92,8 @@ class Scheduler:
         if not preempted:
             sched += self._admit_waiting(now, budget)
         if not sched:
+            if self.in_flight:  # what could run waits for CPU tier copies: no step until one lands
+                return now, []
             raise RuntimeError("engine step with nothing scheduled: a request cannot make progress")
         tokens = attn = kv = 0
         for req, n in sched:
@@ -104,7 +113,14 @@ class Scheduler:
             req = waiting[0]
             n = self.kv.admit_waiting(req, budget)
             if n < 0:
-                break
+                if n != LOADING:
+                    break
+                waiting.popleft()  # it waits for its copies outside the batch (see loaded)
+                self._first_admission(req, now)
+                assert self.load_time is not None
+                self.loads.append((req, self.load_time(now, req.loading)))
+                self.in_flight += 1
+                continue
             waiting.popleft()
             req.admit_computed = req.num_computed
             req.admit_seq = self._admissions
@@ -112,13 +128,32 @@ class Scheduler:
             self.running[req.admit_seq] = req
             if not req.admitted:  # hit-rate figures count first admissions only (as vLLM)
                 req.admitted = True
-                req.record.admitted_s = now
-                req.record.cached_tokens = req.num_computed
+                rec = req.record
+                rec.admitted_s = now
+                rec.cached_tokens = req.num_computed
                 if self.cache_full_s is None and self.pool.evictions:
                     self.cache_full_s = now
             out.append((req, n))
             budget -= n
         return out
+
+    def _first_admission(self, req: Request, now: float) -> None:
+        """Hit-rate figures count first admissions only (as vLLM); this one, of a request that
+        waits for CPU tier copies, counts them as hits from CPU memory."""
+        if not req.admitted:
+            req.admitted = True
+            req.record.admitted_s = now
+            cpu = req.loading * self.block_size
+            req.record.cached_tokens = req.num_computed + cpu
+            req.record.cpu_cached_tokens = cpu
+            if self.cache_full_s is None and self.pool.evictions:
+                self.cache_full_s = now
+
+    def loaded(self, req: Request) -> None:
+        """A request's CPU tier copies have landed: it goes back to the head of the queue."""
+        self.kv.loaded(req)
+        self.waiting.appendleft(req)
+        self.in_flight -= 1
 
     def _preempt_last(self) -> Request:
         """Preempt the most recently admitted running request (recompute later)."""

@@ -37,7 +37,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -273,3 +274,50 @@ def prompt_segments(req: TraceRequest, index: int, trace_block_tokens: int = 512
     if left > 0:
         segments.append((-(UNIQUE_BASE + index), left))
     return segments
+
+
+def infer_conversations(requests: Sequence[TraceRequest], trace_block_tokens: int = 512) -> list[int]:
+    """A conversation number for each request of a trace that has no session ids (Mooncake).
+
+    A chat turn's prompt is the previous turn's prompt plus its reply plus a new message, so it
+    *extends* the previous prompt: its hash ids start with all of that prompt's full-block ids.
+    The rule, over the whole trace (it stands in for the session ids a router would see):
+
+    1. a request's *parent* is the latest earlier request whose full-block ids are the longest
+       prefix of its own (none if no earlier prompt is a prefix of it);
+    2. a request continues its parent's conversation if it is the parent's only child; a parent
+       with several children is shared context (a system prompt every conversation starts
+       from, or a forked conversation), and each child starts a new conversation.
+
+    Numbers count from 0 in order of first appearance. Without hash ids (Azure) every request
+    is its own conversation. On the Mooncake conversation trace this finds 7,897 conversations
+    in 12,031 requests (2,202 of them with more than one turn).
+    """
+    node_of: dict[tuple[int, int], int] = {}  # (prefix node, next id) -> node: a trie of id paths
+    last_end: dict[int, int] = {}  # node -> latest request whose full-block ids end there
+    parents: list[int] = []
+    for j, req in enumerate(requests):
+        ids = req.hash_ids or ()
+        full = min(len(ids), req.prompt_tokens // trace_block_tokens)
+        node = 0
+        parent = -1
+        for i in range(full):
+            key = (node, ids[i])
+            child = node_of.get(key)
+            if child is None:
+                child = node_of[key] = len(node_of) + 1
+            node = child
+            parent = last_end.get(node, parent)  # the deepest earlier end on the path wins
+        parents.append(parent)
+        if full:
+            last_end[node] = j
+    children = Counter(p for p in parents if p >= 0)
+    out: list[int] = []
+    n = 0
+    for p in parents:
+        if p >= 0 and children[p] == 1:
+            out.append(out[p])
+        else:
+            out.append(n)
+            n += 1
+    return out

@@ -40,6 +40,7 @@ from simcore.dists import sample_tokens
 from simcore.hashing import TokenSeq
 
 if TYPE_CHECKING:
+    from simcore.cluster import Cluster
     from simcore.engine import Engine
 
 _SYS_STRIDE = 2**20
@@ -164,7 +165,7 @@ class Workload:
     def _draw_profile(self, rng: np.random.Generator, n: int) -> list[int]:
         return rng.choice(len(self.profiles), size=n, p=self.weights).tolist()  # type: ignore[no-any-return]
 
-    def start(self, engine: Engine) -> None:
+    def start(self, engine: Engine | Cluster) -> None:
         env = engine.env
         w = self.cfg.workload
         if isinstance(w, TraceWorkload):
@@ -182,7 +183,7 @@ class Workload:
             env.process(self._open_loop(engine, rate))
 
     # ---- processes -------------------------------------------------------------------------
-    def _user(self, engine: Engine, user: int) -> Generator[Any, Any, None]:
+    def _user(self, engine: Engine | Cluster, user: int) -> Generator[Any, Any, None]:
         draws = _Draws(_rng(self.seed, 1, user), USER_DRAW_BATCH)
         ids = _Ids(user)
         n = 0
@@ -192,7 +193,7 @@ class Workload:
             if not alive:
                 return
 
-    def _open_loop(self, engine: Engine, rate: float) -> Generator[Any, Any, None]:
+    def _open_loop(self, engine: Engine | Cluster, rate: float) -> Generator[Any, Any, None]:
         rng = _rng(self.seed, 2)
         env = engine.env
         i = 0
@@ -206,7 +207,7 @@ class Workload:
             i += 1
 
     def _session(
-        self, engine: Engine, draws: _Draws, ids: _Ids, session_id: int, stagger: bool = False
+        self, engine: Engine | Cluster, draws: _Draws, ids: _Ids, session_id: int, stagger: bool = False
     ) -> Generator[Any, Any, bool]:
         """One conversation; returns False when the run stops accepting requests.
 
@@ -267,7 +268,7 @@ class Workload:
         self._openings[(k, sys_k)] = seq
         return seq.copy()
 
-    def _trace(self, engine: Engine, w: TraceWorkload) -> Generator[Any, Any, None]:
+    def _trace(self, engine: Engine | Cluster, w: TraceWorkload) -> Generator[Any, Any, None]:
         from simcore.traces import prompt_segments
 
         reqs = _load_trace_cached(w.path, w.format, w.time_scale, w.limit, _mtime(w.path))
@@ -287,7 +288,7 @@ class Workload:
             seq.append(out_ids.next(), out)
             engine.submit(seq, prompt, out, session_id=-1, turn=0, profile=0)
 
-    def _shared_prefix(self, engine: Engine, w: SharedPrefixWorkload) -> Generator[Any, Any, None]:
+    def _shared_prefix(self, engine: Engine | Cluster, w: SharedPrefixWorkload) -> Generator[Any, Any, None]:
         """Staged constant-rate load over a fixed cycle of shared-prefix prompts (see
         :class:`SharedPrefixWorkload`). System prompt g is content ``g`` (as profile 0's system
         prompts), question p is ``QUESTION_BASE + p``; replies get fresh ids."""

@@ -115,6 +115,14 @@ _SECTIONS: list[tuple[str, list[tuple[str, str, str]]]] = [
                       ("prefill reduction", "prefill_reduction", "share"),
                       ("recomputed (preemption)", "recomputed_tokens", "count"),
                       ("evictions (blocks)", "evictions", "count")]),
+    ("CPU tier", [("from GPU memory (tokens)", "hit_rate_gpu", "share"),
+                  ("from the CPU tier (tokens)", "hit_rate_cpu", "share"),
+                  ("CPU tier (blocks)", "cpu_capacity_blocks", "count"),
+                  ("blocks copied back", "cpu_loaded_blocks", "count")]),
+    ("cluster", [("replicas", "replicas", "count"), ("requests max/mean", "request_imbalance", "number"),
+                 ("busy time max/mean", "busy_imbalance", "number"),
+                 ("hit rate, lowest replica", "replica_hit_rate_min", "share"),
+                 ("hit rate, highest replica", "replica_hit_rate_max", "share")]),
     ("engine", [("KV capacity (tokens)", "kv_capacity_tokens", "count"),
                 ("KV peak use", "kv_peak_util", "share"),
                 ("KV mean use", "kv_mean_util", "share"), ("preemptions", "preemptions", "count"),
@@ -135,12 +143,16 @@ def render(cfg: SimConfig, result: RunResult) -> str:
     head = (f"{cfg.model.name} on {cfg.gpu.name} x{e.tensor_parallel}, {cfg.workload.kind} workload, "
             f"prefix caching {e.prefix_caching}, seed {cfg.run.seed}, mode {cfg.run.mode}, "
             f"cost profile {e.cost.profile}")
+    if cfg.cluster.replicas > 1:
+        head += f", {cfg.cluster.replicas} replicas behind {cfg.cluster.router}"
     if result.status == "infeasible":
         return f"{head}\nstatus: {result.status}: {result.error}"
     lines = [head] + ([f"status: {result.status}: {result.error}"] if result.status != "ok" else [])
     s = result.summary
     for title, rows in _SECTIONS:
-        if title == "SLO" and cfg.run.slo is None:
+        skip = {"SLO": cfg.run.slo is None, "CPU tier": not s.get("cpu_capacity_blocks"),
+                "cluster": cfg.cluster.replicas == 1}
+        if skip.get(title):
             continue
         lines.append(f"\n{title}")
         for label, key, kind in rows:

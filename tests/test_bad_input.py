@@ -100,6 +100,8 @@ def run_mutation(draw: st.DrawFn, *, huge: bool = True) -> tuple[dict[str, Any],
                                                                          else [])
         path = draw(st.sampled_from(fields))
         wrong = NOT_AN_INT if path in INT_FIELDS else WRONG_TYPES
+        if path == ("run", "num_requests"):  # null is no limit (the run stops when steady)
+            wrong = st.one_of(WRONG_TYPES, st.just(2.5))
         too_big = HUGE if path in INT_FIELDS else HUGE_FLOAT
         value: st.SearchStrategy[Any] = {"wrong_type": wrong, "negative": NEGATIVE, "huge": too_big,
                                          "bad_name": BAD_NAMES}[kind]

@@ -80,3 +80,15 @@ def test_simulate_shows_the_steady_verdict_and_a_no_data_run(capsys):
     text = capsys.readouterr().out
     assert "status: no_data: no request arrived in the measured window: warm-up ends at 10 s" in text
     assert re.search(r"submitted +\d+", text)  # what the run did is still shown
+
+
+def test_simulate_shows_cluster_and_cpu_tier_figures_only_when_there_are_any(capsys):
+    assert main(["simulate", CHAT, "--set", "run.num_requests=300"]) == 0
+    alone = capsys.readouterr().out
+    assert "\ncluster\n" not in alone and "\nCPU tier\n" not in alone
+    assert main(["simulate", CHAT, "--set", "run.num_requests=300", "--set", "cluster.replicas=2",
+                 "--set", "cluster.router=session_affinity", "--set", "engine.cpu_offload_gib=4"]) == 0
+    text = capsys.readouterr().out
+    assert "2 replicas behind session_affinity" in text
+    assert re.search(r"\ncluster\n  replicas +2\n  requests max/mean +\d\.\d\d\n", text)
+    assert re.search(r"\nCPU tier\n  from GPU memory \(tokens\) +\d+\.\d%\n", text)

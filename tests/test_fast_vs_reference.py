@@ -25,6 +25,11 @@ CASES = {
     "off-api": {"engine": {"prefix_caching": "off"},
                 "workload": {"kind": "api", "request_rate": 20.0, "system_prompt_tokens": 200},
                 "run": {"num_requests": 300}},
+    "cpu-offload": {"engine": {"block_size": 16, "kv_budget_gib": 0.05, "max_model_len": 1600,
+                               "cpu_offload_gib": 0.1},
+                    "workload": {"kind": "chat", "users": 30, "turns": 4,
+                                 "think_time_s": {"kind": "exponential", "mean": 2.0}},
+                    "run": {"num_requests": 300, "warmup_s": 0}},
     # until: steady stops the arrivals at a check: both modes must take it at the same completion
     "until-steady": {"engine": {"block_size": 16},
                      "workload": {"kind": "chat", "users": 24, "turns": 3, "think_time_s": 0.5},
@@ -74,7 +79,7 @@ def test_fast_matches_reference(name):
 
 
 @pytest.mark.parametrize("impl", ["native", "pure"])
-@pytest.mark.parametrize("name", ["standard-chat", "memory-pressure", "mix", "tp2-session"])
+@pytest.mark.parametrize("name", ["standard-chat", "memory-pressure", "mix", "tp2-session", "cpu-offload"])
 def test_fast_leaves_the_pool_block_for_block_as_reference(name, impl, monkeypatch):
     """Beyond the metrics: both modes end with the same free queue, block id for block id, and
     the same hash -> block map (so the fast path hands out and evicts exactly the same blocks).
@@ -90,6 +95,7 @@ def test_fast_leaves_the_pool_block_for_block_as_reference(name, impl, monkeypat
     elif native.NATIVE is None:
         pytest.skip("compiled module not built")
     pools = {}
+    tiers = {}
     for mode in ("reference", "fast"):
         case = dict(CASES[name])
         case["run"] = {**case["run"], "mode": mode}
@@ -98,6 +104,8 @@ def test_fast_leaves_the_pool_block_for_block_as_reference(name, impl, monkeypat
         Workload(cfg).start(engine)
         engine.run()
         pools[mode] = engine.pool
+        tiers[mode] = engine.cpu.lru_order() if engine.cpu is not None else None
+    assert tiers["reference"] == tiers["fast"]
     ref, fast = pools["reference"], pools["fast"]
     assert type(ref).__name__ == "BlockPool"
     assert type(fast).__name__ == ("BlockPool" if impl == "pure" else "CBlockPool")
@@ -106,3 +114,79 @@ def test_fast_leaves_the_pool_block_for_block_as_reference(name, impl, monkeypat
     assert fast.evictions == ref.evictions
     queued = ref.free_queue()[-500:]
     assert [fast.hash_of(b) for b in queued] == [ref.hash_of(b) for b in queued]
+
+
+CLUSTER_CASES = {
+    "rr-chat": {"model": "Llama-3.1-8B", "gpu": "H100-SXM-80GB", "engine": {"block_size": 16},
+                "workload": {"kind": "chat", "users": 48, "turns": {"kind": "geometric", "mean": 3},
+                             "think_time_s": {"kind": "exponential", "mean": 2.0}},
+                "run": {"num_requests": 500}, "cluster": {"replicas": 3, "router": "round_robin"}},
+    "prefix-pressure": {"engine": {"block_size": 16, "kv_budget_gib": 0.1},
+                        "workload": {"kind": "chat", "users": 40, "turns": 3, "output_tokens": 300,
+                                     "think_time_s": {"kind": "exponential", "mean": 1.0}},
+                        "run": {"num_requests": 300}, "cluster": {"replicas": 3, "router": "prefix_aware"}},
+    "session-tokens-poisson": {"workload": {"kind": "poisson", "session_rate": 6.0, "turns": 3,
+                                            "think_time_s": 0.5},
+                               "run": {"num_requests": 300},
+                               "cluster": {"replicas": 2, "router": "session_affinity",
+                                           "load_metric": "tokens"}},
+    "offload-affinity": {"engine": {"block_size": 16, "kv_budget_gib": 0.05, "max_model_len": 1600,
+                                    "cpu_offload_gib": 0.1},
+                         "workload": {"kind": "chat", "users": 40, "turns": 4,
+                                      "think_time_s": {"kind": "exponential", "mean": 2.0}},
+                         "run": {"num_requests": 300}, "cluster": {"replicas": 2, "router": "prefix_aware"}},
+    "affinity-until-steady": {"engine": {"block_size": 16},
+                              "workload": {"kind": "chat", "users": 36, "turns": 3, "think_time_s": 0.5},
+                              "run": {"until": "steady", "steady": {"ci_rel": 0.2}, "num_requests": 20_000},
+                              "cluster": {"replicas": 3, "router": "session_affinity"}},
+    "prefix-snapshot": {"workload": {"kind": "chat", "users": 40, "turns": 3,
+                                     "think_time_s": {"kind": "exponential", "mean": 1.0}},
+                        "run": {"num_requests": 300},
+                        "cluster": {"replicas": 4, "router": "prefix_aware", "snapshot_interval_s": 0.5}},
+    "random-mix": {"workload": {"kind": "mix", "users": 30, "profiles": [
+        {"weight": 3, "turns": 4, "think_time_s": 1.0},
+        {"weight": 1, "sessionless": True, "user_tokens": 800, "system_prompts": 2}]},
+        "run": {"num_requests": 300}, "cluster": {"replicas": 3, "router": "random"}},
+    "least-think0": {"engine": {"block_size": 8, "max_num_seqs": 8},
+                     "workload": {"kind": "chat", "users": 24, "turns": 2},
+                     "run": {"num_requests": 200}, "cluster": {"replicas": 2, "router": "least_loaded"}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLUSTER_CASES))
+def test_cluster_fast_matches_reference(name):
+    """Clusters: the same routing (each request's replica), per-request times and cache figures,
+    and every replica's block pool, block id for block id."""
+    from simcore.cluster import Cluster
+    from simcore.costmodel import kv_capacity_blocks
+    from simcore.workload import Workload
+
+    out = {}
+    for mode in ("reference", "fast"):
+        case = dict(CLUSTER_CASES[name])
+        case["run"] = {**case["run"], "mode": mode, "record_requests": True}
+        cfg = small_cfg(**case)
+        cluster = Cluster(cfg, kv_capacity_blocks(cfg)[0])
+        Workload(cfg).start(cluster)
+        cluster.run()
+        out[mode] = cluster
+    ref, fast = out["reference"], out["fast"]
+    assert len(ref.records) == len(fast.records)
+    assert (ref.stop_reason, ref.stop_s) == (fast.stop_reason, fast.stop_s)
+    if name == "affinity-until-steady":
+        assert ref.stop_reason == "steady" and len(ref.records) < 20_000
+    else:
+        assert len(ref.records) == CLUSTER_CASES[name]["run"]["num_requests"]
+    for a, b in zip(ref.records, fast.records, strict=True):
+        assert (a.replica, a.cached_tokens, a.preemptions, a.status) == (b.replica, b.cached_tokens,
+                                                                         b.preemptions, b.status), (a, b)
+        for key in ("arrival_s", "admitted_s", "first_token_s", "finish_s"):
+            assert abs(getattr(a, key) - getattr(b, key)) <= 1e-6, (key, a, b)
+    assert len({r.replica for r in ref.records}) == len(ref.engines)  # every replica served some
+    for e_ref, e_fast in zip(ref.engines, fast.engines, strict=True):
+        assert e_fast.pool.free_queue() == e_ref.pool.free_queue()
+        assert e_fast.pool.evictions == e_ref.pool.evictions
+        assert e_fast.counters.steps == e_ref.counters.steps
+        assert e_fast.counters.preemptions == e_ref.counters.preemptions
+    if name == "prefix-pressure":
+        assert sum(e.counters.preemptions for e in ref.engines) > 0

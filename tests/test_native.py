@@ -37,7 +37,7 @@ ops = st.lists(
 
 def _state(pool: BlockPool) -> tuple:
     return (pool.free_queue(), pool.ref_cnt, pool.num_free(), pool.num_used(), pool.num_cached(),
-            pool.evictions)
+            pool.evictions, list(pool.spill or ()), pool.cached_hashes(), pool.num_free_uncached())
 
 
 def _admit_both(pools: list, chains: list[list[int]], held: list[list[int]], n: int, h: int,
@@ -74,6 +74,7 @@ def _admit_both(pools: list, chains: list[list[int]], held: list[list[int]], n: 
 @given(ops, st.integers(2, 24), st.booleans())
 def test_native_pool_matches_reference(operations, num_blocks, caching):
     pools = [BlockPool(num_blocks, caching), NATIVE(num_blocks, caching)]  # type: ignore[misc]
+    pools[0].spill, pools[1].spill = [], array("q")  # both report hashes leaving, in order
     held: list[list[int]] = []  # both pools hand out the same ids, so one list serves both
     chains: list[list[int]] = []  # hash chains that were cached, for lookups
     for op, n, h in operations:
@@ -95,6 +96,7 @@ def test_native_pool_matches_reference(operations, num_blocks, caching):
             hashes = chains[n % len(chains)]
             found = [p.longest_hit(hashes, len(hashes)) for p in pools]
             assert found[0] == found[1]
+            assert [p.leading_run(hashes, h) for p in pools] == [len(found[0][:h])] * 2
             # a hint from some other held chain: the hinted lookup must still give exactly the
             # linear result
             ids = held[h % len(held)] if held else None

@@ -233,7 +233,7 @@ def test_other_axes_fold_into_one_section_per_model(tmp_path: Path) -> None:
     rows = [{**r, "engine.max_num_seqs": n} for n in (64, 256) for r in grid(models=("Llama-3.1-8B",))]
     out = write_dataset(tmp_path / "d", rows, extra_axes={"engine.max_num_seqs": pa.int64()})
     html = unescape(report.write_report(out).read_text())
-    section = html[html.index('<section id="llama-3-1-8b">') :]
+    section = html[html.index('<h2 id="llama-3-1-8b">') :]
     # each value of the other axis folds away with its own findings and cells
     assert "<summary>max sequences per batch 64: 'prefix' helps in 5 of 6 cells</summary>" in section
     assert "<summary>max sequences per batch 256: 'prefix' helps in 5 of 6 cells</summary>" in section
@@ -324,5 +324,5 @@ def test_models_come_in_spec_order(tmp_path: Path) -> None:
     rows = grid(models=("Llama-3.1-8B", "Llama-3.2-1B", "Qwen2.5-14B"), users=(8,), mems=(80.0,))
     spec = {"name": "m", "base": {}, "grid": {"model": ["Llama-3.2-1B", "Llama-3.1-8B", "Qwen2.5-14B"]}}
     html = report.write_report(write_dataset(tmp_path / "d", rows, spec=spec)).read_text()
-    order = [html.index(f'<section id="{slug}">') for slug in ("llama-3-2-1b", "llama-3-1-8b", "qwen2-5-14b")]
+    order = [html.index(f'<h2 id="{slug}">') for slug in ("llama-3-2-1b", "llama-3-1-8b", "qwen2-5-14b")]
     assert order == sorted(order)

@@ -216,4 +216,4 @@ def test_the_quickstart_grid_end_to_end(
     assert "At GPU memory 80 GiB" in text_of(page)  # the most memory
     assert (index.parent / "explore.html").is_file()
     for model in ("Llama-3.2-1B", "Llama-3.1-8B", "Qwen2.5-14B"):
-        assert f'<section id="{model.lower().replace(".", "-")}">' in page
+        assert f'<h2 id="{model.lower().replace(".", "-")}">' in page

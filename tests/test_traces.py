@@ -9,7 +9,7 @@ import pytest
 
 from simcore.errors import ConfigError
 from simcore.hashing import TokenSeq
-from simcore.traces import TraceRequest, load_trace, prompt_segments
+from simcore.traces import TraceRequest, infer_conversations, load_trace, prompt_segments
 
 TRACES = Path(__file__).parents[1].parent / "shared/data/traces"
 SYNTHETIC = TRACES / "synthetic_trace.jsonl"
@@ -217,3 +217,50 @@ def test_same_ids_share_engine_blocks_at_smaller_block_size() -> None:
     ha, hb = a.ensure_hashes(a.num_tokens), b.ensure_hashes(b.num_tokens)
     assert (len(ha), len(hb)) == (32 + 18, 64)
     assert ha == hb[:50]
+
+
+# ---- conversations inferred from hash ids ---------------------------------------------------
+def conv_req(*ids: int, tokens: int | None = None) -> TraceRequest:
+    return TraceRequest(0.0, 512 * len(ids) if tokens is None else tokens, 1, ids)
+
+
+def test_turns_that_extend_a_prompt_continue_its_conversation() -> None:
+    reqs = [
+        conv_req(1, 2),            # A1
+        conv_req(1, 3),            # B1 (shares only the first block with A1: not an extension)
+        conv_req(1, 2, 4, 5),      # A2 extends A1
+        conv_req(1, 3, 6),         # B2 extends B1
+        conv_req(1, 2, 4, 5, 7),   # A3 extends A2 (the deepest earlier prompt on its path)
+    ]
+    assert infer_conversations(reqs) == [0, 1, 0, 1, 0]
+
+
+def test_a_prompt_extended_by_several_requests_is_shared_context() -> None:
+    # S (the system prompt alone) is extended by three requests: each starts a conversation;
+    # X's only child continues X
+    reqs = [conv_req(1), conv_req(1, 2), conv_req(1, 3), conv_req(1, 2, 4), conv_req(1, 5)]
+    assert infer_conversations(reqs) == [0, 1, 2, 1, 3]
+
+
+def test_partial_last_block_is_not_part_of_the_prefix() -> None:
+    # A1's last id names a partial block (700 tokens: one full block), so A2 extends A1 by
+    # its full block [7] even though A2's second id differs from A1's
+    reqs = [conv_req(7, 8, tokens=700), conv_req(7, 9, 10)]
+    assert infer_conversations(reqs) == [0, 0]
+    # without a full block there is nothing to extend
+    assert infer_conversations([conv_req(7, tokens=100), conv_req(7, 9)]) == [0, 1]
+
+
+def test_requests_without_ids_are_their_own_conversations() -> None:
+    reqs = [TraceRequest(0.0, 2000, 1, None), TraceRequest(1.0, 2000, 1, None)]
+    assert infer_conversations(reqs) == [0, 1]
+
+
+@needs_traces
+def test_conversations_of_the_mooncake_conversation_trace() -> None:
+    conv = infer_conversations(load_trace(CONVERSATION))
+    sizes: dict[int, int] = {}
+    for c in conv:
+        sizes[c] = sizes.get(c, 0) + 1
+    assert len(sizes) == 7897
+    assert sum(1 for n in sizes.values() if n > 1) == 2202

@@ -8,6 +8,7 @@ the capacity at an SLO.
     summary.csv       one row per cell (every varied axis), mean and 95% CI over seeds
     caching.csv       each caching mode against ``off``, cell by cell (when the sweep varies caching)
     capacity-*.csv    the boundary per cell at the SLO (with ``slo=``, or from a capacity search)
+    cluster.csv       per cell of a sweep over routers, replicas or CPU tiers: hit rate, TTFT, imbalance
 
 The parts, each one job:
 
@@ -15,6 +16,7 @@ The parts, each one job:
     cells       what holds per cell: steady / transient / overloaded, run length, caching verdict
     findings    the sentences, counted over the same cells so they cannot contradict each other
     capacity    capacity at the SLO: boundaries, users per GPU, what caching buys
+    cluster     routers and CPU tiers (sweeps over cluster.* and engine.cpu_offload_gib)
     heatmaps    heatmap panels with their marks;  lines: line figures ("(same)", clipped CIs, SLO)
     tables      the HTML tables;  sections: one section per model;  page: the page itself
     build       write_report: the order of things

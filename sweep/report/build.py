@@ -17,8 +17,11 @@ from sweep import analysis
 from sweep.analysis import CACHING_AXIS, SweepInfo
 from sweep.report.capacity import Capacity, capacities, capacity_findings, capacity_section
 from sweep.report.cells import COMPARE_METRICS
+from sweep.report.cluster import METRICS as CLUSTER_METRICS
+from sweep.report.cluster import cluster_section
 from sweep.report.context import Context
 from sweep.report.explore import write_explore
+from sweep.report.findings import Finding
 from sweep.report.fmt import slug
 from sweep.report.importance import decompose
 from sweep.report.importance import figure as importance_figure
@@ -135,7 +138,7 @@ def needed_columns(names: list[str], slo: Slo | None) -> list[str]:
     """The columns the report reads: identity, axes and the metrics it shows or the SLO limits
     (not config_json, not the dozens of other metrics)."""
     limited = [n for m in (slo.metrics if slo else []) for n in (m, f"{m}_ci95_run")]
-    metrics = {*SUMMARY_METRICS, *COMPARE_METRICS, *REPORT_METRICS, *limited}
+    metrics = {*SUMMARY_METRICS, *COMPARE_METRICS, *REPORT_METRICS, *CLUSTER_METRICS, *limited}
     skip = set(analysis.METRICS) - metrics
     return [c for c in names if c != "config_json" and c not in skip]
 
@@ -188,15 +191,28 @@ def capacity_part(r: Report) -> None:
         r.page.sections.append(Section("capacity", "Capacity at the SLO", body))
 
 
-def models_part(r: Report) -> None:
-    """One section per model (in worker processes on a big grid), its handful of sentences, and
-    the rest of its findings folded beneath them, the capacity clauses first."""
-    for finding in capacity_findings(r.caps):
+def cluster_part(r: Report) -> None:
+    """Routers and CPU tiers, when the sweep varies them (sweep.report.cluster)."""
+    body, found = cluster_section(r.ctx, r.df, r.page.varied)
+    if body:
+        r.page.sections.append(Section(ROUTERS_ANCHOR, "Routers and CPU tiers", body))
+        _by_model(r, found)
+
+
+def _by_model(r: Report, findings: list[Finding]) -> None:
+    """Findings titled after a model fold under that model's sentences; the rest go last."""
+    for finding in findings:
         model = next((str(m) for m in r.models if finding.title.startswith(str(m))), None)
         if model is None:
             r.page.findings.append(finding)
         else:
             r.page.model_findings.setdefault(model, []).append(finding)
+
+
+def models_part(r: Report) -> None:
+    """One section per model (in worker processes on a big grid), its handful of sentences, and
+    the rest of its findings folded beneath them, the capacity clauses first."""
+    _by_model(r, capacity_findings(r.caps))
     jobs = [
         ModelJob(r.ctx, r.df[r.df["model.name"] == m], m, i, r.headline, r.rows, r.page.varied)
         for i, m in enumerate(r.models, start=1)
@@ -209,8 +225,11 @@ def models_part(r: Report) -> None:
 
 
 #: The parts of the page, in order; each reads the :class:`Report` and adds to its page. A new
-#: kind of result (say, routers and tiers of a cluster) is one more function here that adds its
-#: :class:`Section` when the dataset has something for it, and nothing otherwise.
-PARTS: list[Callable[[Report], None]] = [overview_part, explore_part, capacity_part, models_part]
+#: kind of result is one more function here that adds its :class:`Section` when the dataset has
+#: something for it and nothing otherwise, as cluster_part does for routers and CPU tiers.
+PARTS: list[Callable[[Report], None]] = [
+    overview_part, explore_part, capacity_part, cluster_part, models_part
+]
+ROUTERS_ANCHOR = "routers-and-tiers"
 #: A capacity table longer than this folds away (the overview carries the answer).
 FOLD_ROWS = 40

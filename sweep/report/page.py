@@ -66,7 +66,7 @@ class Section:
 
     def html(self) -> str:
         sub = f'<p class="sub">{html.escape(self.sub)}</p>' if self.sub else ""
-        head = f'<section id="{html.escape(self.anchor)}"><h2>{html.escape(self.title)}</h2>'
+        head = f'<section><h2 id="{html.escape(self.anchor)}">{html.escape(self.title)}</h2>'
         return f"{head}{sub}{self.body}</section>"
 
 
