@@ -86,6 +86,8 @@ def _mostly(frame: pd.DataFrame, everything: pd.DataFrame, keys: list[str]) -> s
     """``, most of them (25) at system prompts 256``: the axis value shared by at least 60% of
     ``frame``'s cells and over-represented against ``everything``; "" when none is."""
     best: tuple[float, str, int] | None = None
+    if len(frame) < 3:  # "most of them" of one or two cells says nothing
+        return ""
     for k in keys:
         counts = frame[k].value_counts(dropna=False)
         if counts.empty:

@@ -183,7 +183,7 @@ def _facet_figure(ctx: Context, model: str, facets: list[str], drawn: list[tuple
             panel,
             xs,
             ys,
-            (label(x) if row == n_rows - 1 else "", label(y) if col == 0 else ""),
+            (label(x) if row == n_rows - 1 else "", label(y) if col == 0 and row == n_rows // 2 else ""),
             tick,
             marks,
             norm=norm,
