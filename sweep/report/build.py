@@ -179,7 +179,7 @@ def overview_part(r: Report) -> None:
 
 
 def explore_part(r: Report) -> None:
-    r.page.explore = write_explore(r.ctx.out, r.df, r.page.info.name or "the sweep")
+    r.page.explore = write_explore(r.ctx.out, r.df, r.page.info.name or "the sweep", r.models)
 
 
 def capacity_part(r: Report) -> None:

@@ -21,19 +21,18 @@ from sweep import analysis
 from sweep.report.capacity import TP
 from sweep.report.cells import run_states
 from sweep.report.fmt import label, num, sort_values
-from sweep.report.roles import sort_modes
+from sweep.report.roles import determined, sort_modes
 
 FILE = "explore.html"
 STATE_ORDER = ("steady", "transient", "overloaded", "unknown")
 
 
-def _axis(name: str, values: pd.Series) -> dict[str, Any]:
-    """A categorical dimension: grid values in display order at positions 0..n-1."""
-    order = (
-        sort_modes(values.dropna().unique().tolist())
-        if name.endswith("prefix_caching")
-        else sort_values(values.dropna().unique().tolist())
-    )
+def _axis(name: str, values: pd.Series, first: list[Any] | None = None) -> dict[str, Any]:
+    """A categorical dimension: grid values in display order (``first`` leads) at positions 0..n-1."""
+    present = values.dropna().unique().tolist()
+    known = [v for v in first or [] if v in present]
+    rest = [v for v in present if v not in known]
+    order = known + (sort_modes(rest) if name.endswith("prefix_caching") else sort_values(rest))
     pos = {v: i for i, v in enumerate(order)}
     return {
         "label": label(name),
@@ -64,8 +63,8 @@ def frame(df: pd.DataFrame) -> pd.DataFrame:
     return ok
 
 
-def dimensions(ok: pd.DataFrame, axes: list[str]) -> list[dict[str, Any]]:
-    dims = [_axis(a, ok[a]) for a in axes]
+def dimensions(ok: pd.DataFrame, axes: list[str], orders: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    dims = [_axis(a, ok[a], orders.get(a)) for a in axes]
     if "ttft_p99_s" in ok:
         dims.append(_log_axis("TTFT p99 (s, log)", ok["ttft_p99_s"].astype(float)))
     dims.append({"label": "throughput per GPU (req/s)", "values": ok["_thr_gpu"].tolist()})
@@ -91,15 +90,19 @@ def dimensions(ok: pd.DataFrame, axes: list[str]) -> list[dict[str, Any]]:
     return dims
 
 
-def write_explore(out: Path, df: pd.DataFrame, title: str) -> str:
-    """Write ``out/explore.html``; return its file name ("" when no run is ok)."""
+def write_explore(out: Path, df: pd.DataFrame, title: str, models: list[Any] | None = None) -> str:
+    """Write ``out/explore.html``; return its file name ("" when no run is ok). ``models``: their
+    order on the model axis (the report's)."""
     import plotly.graph_objects as go  # imported here: only the report needs it
 
     ok = frame(df)
     if ok.empty:
         return ""
-    axes = analysis.axes(df)
-    dims = dimensions(ok, axes)
+    axes: list[str] = []  # the varied axes, less those that follow from one before (GPU memory: GPU)
+    for axis in analysis.axes(df):
+        if not (axes and determined(ok, axis, axes)):
+            axes.append(axis)
+    dims = dimensions(ok, axes, {"model.name": list(models or [])})
     colours = {
         "TTFT p99 (log10 s)": np.log10(ok["ttft_p99_s"].astype(float).where(lambda s: s > 0)).tolist()
         if "ttft_p99_s" in ok
