@@ -263,16 +263,15 @@ def _value_td(hl: Headline, row: pd.Series | None) -> str:
     bound = str(row.get("bound") or "")
     value = float(row["value"]) if pd.notna(row.get("value")) else 0.0
     main = _value_text(value, bound, hl.unit)
-    extra = []
+    extra = []  # one short line each, under the figure
     if hl.capacity is None and hl.load and pd.notna(row.get("load")):
         gpus = float(row.get(TP, 1) or 1) if pd.notna(row.get(TP, 1)) else 1.0
         per = f" ({num(row['load'] / gpus)}/GPU)" if gpus > 1 else ""
-        extra.append(f"at {with_unit(hl.load, row['load'])}{per}")
-        extra.append(f"p99 {seconds(row['ttft_p99_s'])}")
+        extra.append(f"at {with_unit(hl.load, row['load'])}{per}, p99 {seconds(row['ttft_p99_s'])}")
     spread = _range_text(float(row.get("low", np.nan)), float(row.get("high", np.nan)), hl.unit)
     if spread:
         extra.append(f"range {spread}")
-    small = f'<span class="range">{html.escape(" · ".join(extra))}</span>' if extra else ""
+    small = "".join(f'<span class="range">{html.escape(e)}</span>' for e in extra)
     return f'<td data-v="{value:.6g}"><b>{html.escape(main)}</b>{small}</td>'
 
 
@@ -338,7 +337,9 @@ def caption(hl: Headline, df: pd.DataFrame) -> str:
         bits.append(
             f"<b>Throughput per GPU (requests/s)</b> at the highest {html.escape(label(hl.load) or 'load')}"
             f" {steady}, with that load and the TTFT p99 there; gain: throughput with caching over"
-            " without, each at its own highest steady load."
+            " without, each at its own highest steady load. Steady is not fast: give an SLO"
+            ' (<code>kvsweep report DIR --slo "ttft_p99_s&lt;1"</code>) and the table states the most'
+            " load per GPU within it."
         )
     if hl.reference:
         held = listing([setting(a, v) for a, v in hl.reference.items()])
