@@ -20,7 +20,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,7 +54,6 @@ class Headline:
     load: str | None
     capacity: Capacity | None = None
     steady_known: bool = True
-    notes: list[str] = field(default_factory=list)
 
     def at_reference(self) -> pd.DataFrame:
         cells = self.cells
@@ -93,13 +92,13 @@ def headline(df: pd.DataFrame, roles: Roles, caps: list[Capacity]) -> Headline:
     highest steady load."""
     heads = [h for h in HEADS if h in df]
     if caps:
-        return _from_capacity(df, caps[0], heads)
+        return _from_capacity(caps[0], heads)
     load = roles.x if roles.x in df and roles.x is not None else None
     others = other_axes(df, roles, load)
     return _from_runs(df, heads, others, load)
 
 
-def _from_capacity(df: pd.DataFrame, cap: Capacity, heads: list[str]) -> Headline:
+def _from_capacity(cap: Capacity, heads: list[str]) -> Headline:
     table = cap.table
     load = cap.axis if cap.axis in LOAD_AXES else None
     keys = [c for c in cap.cells if c not in (*heads, CACHING_AXIS)]
@@ -174,7 +173,7 @@ def overview_rows(hl: Headline) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
-def _value_text(value: float, bound: str, unit: str) -> str:
+def _value_text(value: float, bound: str) -> str:
     if bound == "none":
         return "none"
     if value is None or not np.isfinite(value):
@@ -183,7 +182,7 @@ def _value_text(value: float, bound: str, unit: str) -> str:
     return {"=": text, "": text, ">=": f"≥ {text}", "<=": f"≤ {text}"}[bound]
 
 
-def _range_text(low: float, high: float, unit: str) -> str:
+def _range_text(low: float, high: float) -> str:
     if not (np.isfinite(low) and np.isfinite(high)) or num(low) == num(high):
         return ""
     return f"{num(low)}–{num(high)}"
@@ -262,13 +261,13 @@ def _value_td(hl: Headline, row: pd.Series | None) -> str:
         )
     bound = str(row.get("bound") or "")
     value = float(row["value"]) if pd.notna(row.get("value")) else 0.0
-    main = _value_text(value, bound, hl.unit)
+    main = _value_text(value, bound)
     extra = []  # one short line each, under the figure
     if hl.capacity is None and hl.load and pd.notna(row.get("load")):
         gpus = float(row.get(TP, 1) or 1) if pd.notna(row.get(TP, 1)) else 1.0
         per = f" ({num(row['load'] / gpus)}/GPU)" if gpus > 1 else ""
         extra.append(f"at {with_unit(hl.load, row['load'])}{per}, p99 {seconds(row['ttft_p99_s'])}")
-    spread = _range_text(float(row.get("low", np.nan)), float(row.get("high", np.nan)), hl.unit)
+    spread = _range_text(float(row.get("low", np.nan)), float(row.get("high", np.nan)))
     if spread:
         extra.append(f"range {spread}")
     small = "".join(f'<span class="range">{html.escape(e)}</span>' for e in extra)
