@@ -217,3 +217,17 @@ def test_the_quickstart_grid_end_to_end(
     assert (index.parent / "explore.html").is_file()
     for model in ("Llama-3.2-1B", "Llama-3.1-8B", "Qwen2.5-14B"):
         assert f'<h2 id="{model.lower().replace(".", "-")}">' in page
+
+
+def test_an_axis_that_saturates_is_said_to_matter_little_above_its_knee() -> None:
+    # users per GPU: 10, 20, 20.5 at memory shares 0.5, 0.7, 0.9; four times that for the other model
+    rows = [
+        {"model.name": m, "engine.gpu_memory_utilization": u, "value": k * v, "bound": "="}
+        for m, k in (("m1", 1), ("m2", 4)) for u, v in ((0.5, 10.0), (0.7, 20.0), (0.9, 20.5))
+    ]
+    hl = Headline(pd.DataFrame(rows), ["model.name"], ["engine.gpu_memory_utilization"], {}, "the thing",
+                  "users", "workload.users")
+    imp = decompose(hl)
+    assert imp is not None and list(imp.shares) == ["model.name", "engine.gpu_memory_utilization"]
+    assert ("Raising GPU memory utilisation above 0.7 changes it little: 40 users there, 41 users at 0.9"
+            " (against 20 users at 0.5).") in imp.sentences

@@ -27,11 +27,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from sweep.analysis import CACHING_AXIS
 from sweep.report import heatmaps
 from sweep.report.context import Context, img
-from sweep.report.fmt import label, listing, num, sort_values
+from sweep.report.fmt import label, listing, num, sort_values, with_unit
 from sweep.report.overview import Headline
 from sweep.report.roles import BASELINE, determined, sort_modes
 
@@ -163,10 +164,10 @@ def sentences(imp: Importance, hl: Headline) -> list[str]:
         little = _little_above(series)
         if little is not None:
             out.append(
-                f"Raising {label(axis)} above {num(little)} changes it little:"
+                f"Raising {label(axis).split(' (')[0]} above {with_unit(axis, little)} changes it little:"
                 f" {_value(series[little], hl)} there,"
-                f" {_value(series.iloc[-1], hl)} at {num(series.index[-1])}"
-                f" (against {_value(series.iloc[0], hl)} at {num(series.index[0])})."
+                f" {_value(series.iloc[-1], hl)} at {with_unit(axis, series.index[-1])}"
+                f" (against {_value(series.iloc[0], hl)} at {with_unit(axis, series.index[0])})."
             )
             continue
         out.append(_effect(axis, imp.shares[axis], series, modes, hl))
@@ -188,8 +189,8 @@ def _effect(axis: str, share: float, series: pd.Series, modes: pd.DataFrame | No
     """``GPU memory utilisation (5% of the variance), 0.5 to 0.9: 18 to 23 users without caching;
     33 to 110 with prefix.``"""
     if axis == CACHING_AXIS:
-        each = ", ".join(f"{_number(v)} {_mode_word(m, 'with ')}" for m, v in series.items())
-        return f"Caching ({share:.0%} of the variance): {each} {hl.unit}, geometric means."
+        each = ", ".join(f"{_number(v)} {hl.unit} {_mode_word(m, 'with ')}" for m, v in series.items())
+        return f"Caching ({share:.0%} of the variance): {each}, geometric means."
     first, last = series.index[0], series.index[-1]
     numeric = all(isinstance(v, (int, float, np.integer, np.floating)) for v in series.index)
     what = f"from {num(first)} to {num(last)}" if numeric else f"{num(last)} rather than {num(first)}"
@@ -282,6 +283,8 @@ def figure(ctx: Context, imp: Importance, hl: Headline) -> str:
             fontsize=8,
         )
         sub.set_yscale("log")
+        sub.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: num(float(f"{v:.3g}"))))
+        sub.yaxis.set_minor_formatter(NullFormatter())
         sub.set_title(label(axis), fontsize=10)
         sub.grid(alpha=0.3, which="both")
         if k == 0:
