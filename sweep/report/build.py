@@ -20,17 +20,18 @@ from sweep.report.cells import COMPARE_METRICS
 from sweep.report.cluster import METRICS as CLUSTER_METRICS
 from sweep.report.cluster import cluster_section
 from sweep.report.context import Context
+from sweep.report.digest import headline_sentence
 from sweep.report.explore import write_explore
 from sweep.report.findings import Finding
 from sweep.report.fmt import slug
 from sweep.report.importance import decompose
 from sweep.report.importance import figure as importance_figure
-from sweep.report.models import ModelJob, model_job
+from sweep.report.models import ModelJob, ModelResult, model_job
 from sweep.report.overview import Headline, caption, headline, overview_rows, overview_table
 from sweep.report.page import Page, Section, render
 from sweep.report.roles import BASELINE, infer_roles, model_order
 from sweep.report.tables import failures_table, folded
-from sweep.report.workers import pool_for, run_all
+from sweep.report.workers import pool_for, start_all
 from sweep.slo import Slo
 
 #: Metrics in summary.csv (mean and CI of each), those the dataset has.
@@ -105,6 +106,12 @@ def _write(
 
     roles = infer_roles(df, info)
     varied = analysis.axes(df)
+    stored = analysis.load_capacity(path)
+    searched = Slo.parse(str(stored["slo"].iloc[0])) if stored is not None and not stored.empty else None
+    ctx = Context(out=out_dir, roles=roles, slo=objective or searched, prefix="00-")
+    models = model_order(df, info)
+    # the models' parts first: in worker processes they are drawn while this one does the rest
+    drawn = start_all(model_job, model_jobs(ctx, df, models, varied), pool)
     cell_axes = list(dict.fromkeys(["model.name", *varied]))
     summary = analysis.summarize(df, cell_axes, [m for m in SUMMARY_METRICS if m in df])
     summary.to_csv(out_dir / "summary.csv", index=False)
@@ -113,7 +120,7 @@ def _write(
         analysis.compare(df, CACHING_AXIS, BASELINE, COMPARE_METRICS, by=keys).to_csv(
             out_dir / "caching.csv", index=False
         )
-    caps = capacities(df, roles, objective, analysis.load_capacity(path))
+    caps = capacities(df, roles, objective, stored)
     for cap in caps:
         cap.table.to_csv(out_dir / f"capacity-{slug(cap.axis)}.csv", index=False)
     page = Page(
@@ -125,8 +132,7 @@ def _write(
         len(summary),
         failures=failures_table(df, [c for c in cell_axes if c != "model.name"]),
     )
-    ctx = Context(out=out_dir, roles=roles, slo=objective or (caps[0].slo if caps else None), prefix="00-")
-    report = Report(ctx, page, df, info, caps, model_order(df, info), pool=pool)
+    report = Report(ctx, page, df, info, caps, models, drawn)
     for part in PARTS:
         part(report)
     index = out_dir / "index.html"
@@ -154,9 +160,9 @@ class Report:
     info: SweepInfo
     caps: list[Capacity]
     models: list[Any]
+    drawn: Callable[[], list[ModelResult]]  # the models' parts, started first (model_jobs)
     headline: Headline | None = None
     rows: pd.DataFrame | None = None
-    pool: Executor | None = None  # worker processes for the models' parts (a big grid)
 
 
 def overview_part(r: Report) -> None:
@@ -209,17 +215,21 @@ def _by_model(r: Report, findings: list[Finding]) -> None:
             r.page.model_findings.setdefault(model, []).append(finding)
 
 
+def model_jobs(ctx: Context, df: pd.DataFrame, models: list[Any], varied: list[str]) -> list[ModelJob]:
+    return [ModelJob(ctx, df[df["model.name"] == m], m, i, varied) for i, m in enumerate(models, start=1)]
+
+
 def models_part(r: Report) -> None:
-    """One section per model (in worker processes on a big grid), its handful of sentences, and
-    the rest of its findings folded beneath them, the capacity clauses first."""
+    """One section per model (drawn in worker processes on a big grid), its handful of sentences
+    (the overview's row, then what caching buys), and the rest of its findings folded beneath
+    them, the capacity clauses first."""
     _by_model(r, capacity_findings(r.caps))
-    jobs = [
-        ModelJob(r.ctx, r.df[r.df["model.name"] == m], m, i, r.headline, r.rows, r.page.varied)
-        for i, m in enumerate(r.models, start=1)
-    ]
-    for result in run_all(model_job, jobs, r.pool):
-        if result.sentences:
-            r.page.digest[result.model] = result.sentences
+    hl, rows = r.headline, r.rows
+    for model, result in zip(r.models, r.drawn(), strict=True):
+        first = headline_sentence(hl, rows, model) if hl is not None and rows is not None else ""
+        sentences = ([first] if first else []) + result.sentences
+        if sentences:
+            r.page.digest[result.model] = sentences
         r.page.model_findings.setdefault(result.model, []).extend(result.findings)
         r.page.sections.append(result.section)
 

@@ -151,19 +151,10 @@ def model_cells(mdf: pd.DataFrame, varied: list[str]) -> pd.DataFrame:
     return caching_cells(mdf, cell_keys(varied))
 
 
-def model_sentences(
-    mdf: pd.DataFrame,
-    model: Any,
-    hl: Headline | None,
-    rows: pd.DataFrame | None,
-    varied: list[str],
-    cmp: pd.DataFrame | None,
-) -> list[str]:
-    """The handful of sentences for ``model`` (see the module docstring); ``cmp``: its
-    :func:`model_cells` (None when the sweep does not compare caching)."""
-    out = (
-        [s for s in [headline_sentence(hl, rows, model)] if s] if hl is not None and rows is not None else []
-    )
+def caching_sentences(mdf: pd.DataFrame, varied: list[str], cmp: pd.DataFrame | None) -> list[str]:
+    """Sentences 2 and 3 of the module docstring for one model's runs ``mdf``; ``cmp``: its
+    :func:`model_cells` (None when the sweep does not compare caching: no sentence)."""
+    out: list[str] = []
     if cmp is None:
         return out
     keys = cell_keys(varied)

@@ -19,11 +19,10 @@ from sweep.report import heatmaps
 from sweep.report.absolute import section_absolute
 from sweep.report.cells import HELP_THRESHOLD, cell_states, cell_status
 from sweep.report.context import Context, blank, img, y_tick_fn
-from sweep.report.digest import model_cells, model_sentences
+from sweep.report.digest import caching_sentences, model_cells
 from sweep.report.findings import Finding
 from sweep.report.fmt import label, num, slug, sort_values
 from sweep.report.heatmaps import Marks, Panel
-from sweep.report.overview import Headline
 from sweep.report.page import Section
 from sweep.report.roles import sort_modes
 from sweep.report.sections import Cells, compare_marks, section_compare, speedup_panel
@@ -64,15 +63,13 @@ class ModelJob:
     mdf: pd.DataFrame
     model: Any
     index: int  # 1-based, names the model's figure files
-    headline: Headline | None
-    rows: pd.DataFrame | None
     varied: list[str]
 
 
 @dataclass
 class ModelResult:
     model: str
-    sentences: list[str]  # the handful, for the findings per model
+    sentences: list[str]  # what caching buys, for the findings per model
     section: Section
     findings: list[Finding]  # the rest, folded
 
@@ -82,7 +79,7 @@ def model_job(job: ModelJob) -> ModelResult:
     ctx = replace(job.ctx, figures=0, prefix=f"{job.index:02d}-")
     mdf, name = job.mdf, str(job.model)
     cmp = model_cells(mdf, job.varied) if ctx.roles.compare else None
-    sentences = model_sentences(mdf, job.model, job.headline, job.rows, job.varied, cmp)
+    sentences = caching_sentences(mdf, job.varied, cmp)
     runs = mdf["status"].value_counts().to_dict()
     gpu = ", ".join(sorted(map(str, mdf["gpu.name"].dropna().unique())))
     sub = f"{len(mdf)} runs ({', '.join(f'{n} {k}' for k, n in sorted(runs.items()))}) on {gpu}"

@@ -54,8 +54,11 @@ def pool_for(runs: int, models: int, jobs: int) -> Executor | None:
     return pool
 
 
-def run_all(fn: Callable[[T], R], jobs: Iterable[T], pool: Executor | None) -> list[R]:
-    """``fn`` over ``jobs`` in order, in ``pool`` when there is one."""
+def start_all(fn: Callable[[T], R], jobs: Iterable[T], pool: Executor | None) -> Callable[[], list[R]]:
+    """Start ``fn`` over ``jobs`` in ``pool`` (when there is one) and return what waits for the
+    results, in order; without a pool the jobs run when it is called."""
     if pool is None:
-        return [fn(job) for job in jobs]
-    return list(pool.map(fn, jobs))
+        todo = list(jobs)
+        return lambda: [fn(job) for job in todo]
+    futures = [pool.submit(fn, job) for job in jobs]
+    return lambda: [f.result() for f in futures]
