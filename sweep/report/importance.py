@@ -11,7 +11,9 @@ another axis's value). A cell whose headline is "none meets the SLO" counts as h
 smallest value tried, so that it stays on the log scale below every value that meets.
 
 The **partial dependence** of an axis is the geometric mean of the headline per value (per
-caching mode, to show where caching changes an axis's effect). The sentences read it:
+caching mode, to show where caching changes an axis's effect), over the combinations of the
+other axes measured at every value of this one (a value whose hardest cells are missing, say
+infeasible, would otherwise look better). The sentences read it:
 
     matters most    the axis with the largest share, with its lowest and highest means
     little above v  a numeric axis whose mean moves under 5% from v to its last value
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from sweep.analysis import CACHING_AXIS
 from sweep.report import heatmaps
@@ -98,10 +100,11 @@ def decompose(hl: Headline, orders: dict[str, list[Any]] | None = None) -> Impor
     for axis in axes:
         means = cells.groupby(axis, dropna=False)["_y"].transform("mean")
         shares[axis] = float(means.var(ddof=0) / total)
-        per_value = cells.groupby(axis, dropna=False)["_y"].mean()
+        full = _complete(cells, axis, axes)
+        per_value = full.groupby(axis, dropna=False)["_y"].mean()
         overall[axis] = 2 ** per_value.reindex(ordered(per_value.index.tolist(), axis))
         if CACHING_AXIS in cells and axis != CACHING_AXIS:
-            table = cells.groupby([axis, CACHING_AXIS], dropna=False)["_y"].mean().unstack(CACHING_AXIS)
+            table = full.groupby([axis, CACHING_AXIS], dropna=False)["_y"].mean().unstack(CACHING_AXIS)
             table = table.reindex(ordered(table.index.tolist(), axis))
             by_mode[axis] = 2 ** table[sort_modes(table.columns.tolist())]
     ranked = dict(sorted(shares.items(), key=lambda kv: -kv[1]))
@@ -109,6 +112,17 @@ def decompose(hl: Headline, orders: dict[str, list[Any]] | None = None) -> Impor
     result = Importance(ranked, interactions, overall, by_mode, [], len(cells))
     result.sentences = sentences(result, hl)
     return result
+
+
+def _complete(cells: pd.DataFrame, axis: str, axes: list[str]) -> pd.DataFrame:
+    """The cells whose other axes' values were measured at every value of ``axis`` (all of them
+    when none is): so a value whose hardest cells are missing (infeasible) does not look better."""
+    others = [a for a in axes if a != axis]
+    if not others:
+        return cells
+    seen = cells.groupby(others, dropna=False)[axis].transform("nunique")
+    full = cells[seen == cells[axis].nunique()]
+    return full if len(full) else cells
 
 
 def _span(series: pd.Series) -> float:
@@ -283,6 +297,7 @@ def figure(ctx: Context, imp: Importance, hl: Headline) -> str:
             fontsize=8,
         )
         sub.set_yscale("log")
+        sub.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # labels within one decade too
         sub.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: num(float(f"{v:.3g}"))))
         sub.yaxis.set_minor_formatter(NullFormatter())
         sub.set_title(label(axis), fontsize=10)
