@@ -201,8 +201,8 @@ def _facet_figure(ctx: Context, model: str, facets: list[str], drawn: list[tuple
         _union_marks([c[3] for c in cells]), f"caching helps < {HELP_THRESHOLD:.0%}"
     )
     rows_are = f"one row per {', '.join(label(f) for f in facets)}"
-    marks = f"; {legend.strip()[1:-1]}" if legend else ""  # legend_text's "   (a; b)" without its brackets
-    fig.suptitle(f"{model}: {what}\n{rows_are}{marks}", fontsize=10)
+    named = f"; {legend.strip()[1:-1]}" if legend else ""  # legend_text's "   (a; b)" without its brackets
+    fig.suptitle(f"{model}: {what}\n{rows_are}{named}", fontsize=10)
     name = ctx.save(fig, f"{slug(model)}-facets")
     more = (
         f'<p class="sub">{len(drawn) - len(shown)} more {html.escape(", ".join(label(f) for f in facets))}'
