@@ -85,6 +85,8 @@ def decompose(hl: Headline, orders: dict[str, list[Any]] | None = None) -> Impor
     orders = orders or {}
 
     def ordered(values: list[Any], axis: str) -> list[Any]:
+        if axis == CACHING_AXIS:
+            return sort_modes(values)
         known = [v for v in orders.get(axis, []) if v in values]
         return known + sort_values([v for v in values if v not in known])
 
