@@ -30,12 +30,17 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help='a service-level objective, e.g. "ttft_p99_s<1" or'
                              ' "ttft_p99_s<1,tpot_p99_s<0.05": drawn on the plots, and the report states'
                              " the capacity at it (default: a capacity search's own SLO)")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="worker processes drawing a big dataset's models (default: one per CPU)")
 
 
 def main_report(args: argparse.Namespace) -> int:
     from sweep.report import write_report
+    from sweep.report.workers import cpus
 
-    index = write_report(args.dir, args.out, slo=args.slo)
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: give 1 or more worker processes")
+    index = write_report(args.dir, args.out, slo=args.slo, jobs=args.jobs or cpus())
     print(index.resolve())
     return 0
 

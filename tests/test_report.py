@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +124,9 @@ def test_report_writes_index_pngs_and_summary(two_d: Path) -> None:
     index = report.write_report(two_d)
     assert index == two_d / "report" / "index.html"
     html = index.read_text()
-    paths = images(index)
-    assert len(paths) == 4  # per model: heatmaps + TTFT lines
+    names = [p.name for p in images(index)]
+    # what matters, then per model: heatmaps + TTFT lines
+    assert len(names) == 5 and names[0].endswith("what-matters.png")
     assert "Llama-3.1-8B" in html and "Qwen2.5-7B" in html
     with open(two_d / "report" / "summary.csv") as f:
         summary = list(csv.DictReader(f))
@@ -227,13 +229,19 @@ def test_memory_axis_is_the_gpu_when_gpus_vary(tmp_path: Path) -> None:
     assert (roles.x, roles.y, roles.facets) == ("workload.users", "gpu.name", ())
 
 
-def test_other_axes_become_sections(tmp_path: Path) -> None:
+def test_other_axes_fold_into_one_section_per_model(tmp_path: Path) -> None:
     rows = [{**r, "engine.max_num_seqs": n} for n in (64, 256) for r in grid(models=("Llama-3.1-8B",))]
     out = write_dataset(tmp_path / "d", rows, extra_axes={"engine.max_num_seqs": pa.int64()})
-    html = report.write_report(out).read_text()
-    assert "Llama-3.1-8B (max sequences per batch 64)" in html
-    assert "Llama-3.1-8B (max sequences per batch 256)" in html
-    assert len(images(out / "report" / "index.html")) == 4
+    html = unescape(report.write_report(out).read_text())
+    section = html[html.index('<h2 id="llama-3-1-8b">') :]
+    # each value of the other axis folds away with its own findings and cells
+    assert "<summary>max sequences per batch 64: 'prefix' helps in 5 of 6 cells</summary>" in section
+    assert "<summary>max sequences per batch 256: 'prefix' helps in 5 of 6 cells</summary>" in section
+    assert "Llama-3.1-8B (max sequences per batch 256) on H100-SXM-80GB: caching 'prefix' vs 'off'" in html
+    # one figure for the model's every facet value (and the overview's picture), not one per value
+    names = [p.name for p in images(out / "report" / "index.html")]
+    assert [n for n in names if "facets" in n] == ["fig01-01-llama-3-1-8b-facets.png"]
+    assert len(names) == 2
 
 
 def test_report_without_dataset_is_a_config_error(tmp_path: Path) -> None:

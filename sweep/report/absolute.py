@@ -19,8 +19,9 @@ from sweep.report.tables import absolute_table, folded
 from sweep.report.trends import metric_lines
 
 
-def section_absolute(ctx: Context, df: pd.DataFrame, title: str) -> str:
-    """A sweep without a caching baseline: hit rate, TTFT p99 and throughput as they are."""
+def section_absolute(ctx: Context, df: pd.DataFrame, title: str, draw: bool = True) -> str:
+    """A sweep without a caching baseline: hit rate, TTFT p99 and throughput as they are (without
+    figures when ``draw`` is False)."""
     x, y = ctx.roles.x, ctx.roles.y
     keys = [c for c in (x, y) if c is not None]
     parts: list[str] = []
@@ -28,10 +29,11 @@ def section_absolute(ctx: Context, df: pd.DataFrame, title: str) -> str:
     modes = sort_modes(df[CACHING_AXIS].dropna().unique().tolist()) if CACHING_AXIS in df else [None]
     for mode in modes:
         sub_df = df[df[CACHING_AXIS] == mode] if mode is not None else df
-        if not (x and y):
+        if not (x and y and draw):
             continue
         parts.append(_absolute_heatmaps(ctx, sub_df, df, title, mode, tick, capacity))
-    parts.append(metric_lines(ctx, df, title, tick, capacity))
+    if draw:
+        parts.append(metric_lines(ctx, df, title, tick, capacity))
     by = [c for c in (*keys, CACHING_AXIS) if c in df] or ["model.name"]
     table = analysis.summarize(df, by, ["prefix_hit_rate", "ttft_p99_s", "throughput_rps"])
     parts.append(folded(f"Every cell ({len(table)})", absolute_table(table, by, cell_states(df, by))))

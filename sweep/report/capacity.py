@@ -83,7 +83,7 @@ def _from_grid(df: pd.DataFrame, axis: str, goal: str, slo: Slo, source: str) ->
 # ---- one boundary, and two compared ----------------------------------------------------------
 
 
-def _amount(row: pd.Series, cap: Capacity) -> float:
+def amount(row: pd.Series, cap: Capacity) -> float:
     """The boundary in the unit a planner budgets with: per GPU on load axes, as is on others."""
     if pd.isna(row["boundary"]):
         return np.nan
@@ -93,7 +93,7 @@ def _amount(row: pd.Series, cap: Capacity) -> float:
     return float(row["boundary"]) / float(1 if gpus is None or pd.isna(gpus) else gpus)
 
 
-def _bound(row: pd.Series, cap: Capacity) -> str:
+def bound_of(row: pd.Series, cap: Capacity) -> str:
     """How the boundary holds: ``=`` when bracketed, ``>=`` (``<=``) at the searched end, ``none``."""
     if pd.isna(row["boundary"]):
         return "none"
@@ -105,7 +105,7 @@ def _bound(row: pd.Series, cap: Capacity) -> str:
 def boundary_text(row: pd.Series, cap: Capacity) -> str:
     """``48 users (the next grid value, 64 users, fails: ...)``, ``at least 256 users (...)``."""
     axis = cap.axis
-    bound = _bound(row, cap)
+    bound = bound_of(row, cap)
     if bound == "none":
         return f"none: {with_unit(axis, row['first_fail'])} already fails ({row['why_fail']})"
     value = with_unit(axis, row["boundary"])
@@ -120,14 +120,14 @@ def compare_text(on: pd.Series, off: pd.Series | None, cap: Capacity) -> str:
     """What a caching mode buys against off: ``2.00x``, ``at least 4.00x``, ``12 GiB less``."""
     if off is None:
         return "-"
-    b_on, b_off = _bound(on, cap), _bound(off, cap)
+    b_on, b_off = bound_of(on, cap), bound_of(off, cap)
     if b_on == "none" or b_off == "none":
         if b_on == b_off:
             return "-"
         return "only without caching" if b_on == "none" else "only with caching"
     if b_on != "=" and b_off != "=":
         return "-"  # both at the end of the range: nothing to compare
-    a_on, a_off = _amount(on, cap), _amount(off, cap)
+    a_on, a_off = amount(on, cap), amount(off, cap)
     qualifier = ""
     if b_on != "=":
         qualifier = "at least " if cap.goal == "max" else ""
@@ -175,7 +175,7 @@ def capacity_section(caps: list[Capacity]) -> str:
             boundary_text(r, cap) for _, r in table.iterrows()
         ]
         if cap.axis in LOAD_AXES:
-            shown[f"{label(cap.axis)} per GPU"] = [num(_amount(r, cap)) for _, r in table.iterrows()]
+            shown[f"{label(cap.axis)} per GPU"] = [num(amount(r, cap)) for _, r in table.iterrows()]
         for limit in cap.slo.limits:  # the SLO's figure at the boundary, with its precision
             if limit.metric in table:
                 shown[f"{_name(limit)} there"] = [_with_ci(r, limit.metric) for _, r in table.iterrows()]
@@ -249,9 +249,9 @@ def _modes_clause(cell: pd.DataFrame, cap: Capacity, offs: dict[tuple[Any, ...],
     bits = []
     for mode in sort_modes(cell[CACHING_AXIS].tolist()):
         row = cell[cell[CACHING_AXIS] == mode].iloc[0]
-        bound = _bound(row, cap)
-        amount = with_unit(cap.axis, _amount(row, cap))
-        what = {"none": "none meets it", "=": amount, ">=": f"at least {amount}", "<=": f"at most {amount}"}[
+        bound = bound_of(row, cap)
+        figure = with_unit(cap.axis, amount(row, cap))
+        what = {"none": "none meets it", "=": figure, ">=": f"at least {figure}", "<=": f"at most {figure}"}[
             bound
         ]
         who = "without caching" if mode == BASELINE else f"with '{mode}'"

@@ -143,9 +143,7 @@ def _verdict(row: pd.Series) -> str:
 
 def cell_status(df: pd.DataFrame, keys: list[str]) -> dict[tuple[object, ...], str]:
     """Per cell of ``keys``: "ok" if any run is ok, else the first of no_data / infeasible / failed."""
-    out: dict[tuple[object, ...], str] = {}
-    for key, group in df.groupby(keys, dropna=False):
-        statuses = set(group["status"])
-        key_t = key if isinstance(key, tuple) else (key,)
-        out[key_t] = next((s for s in ("ok", "no_data", "infeasible", "failed") if s in statuses), "failed")
-    return out
+    order = ("ok", "no_data", "infeasible", "failed")  # the first present wins; others count as failed
+    rank = df["status"].map({s: i for i, s in enumerate(order)}).fillna(len(order) - 1)
+    best = rank.groupby([df[k] for k in keys], dropna=False).min()
+    return {(k if isinstance(k, tuple) else (k,)): order[int(v)] for k, v in best.items()}

@@ -82,8 +82,8 @@ def cluster_section(ctx: Context, df: pd.DataFrame, varied: list[str]) -> tuple[
     metrics = [m for m in METRICS if m in df]
     summary = analysis.summarize(df, keys, metrics)
     ctx.out.joinpath("cluster.csv").write_text(summary.to_csv(index=False), encoding="utf-8")
-    parts = [
-        '<h2 id="routers-and-tiers">Routers and CPU tiers</h2><p class="sub">Replicas of the engine '
+    parts = [  # the page gives the section its heading (build.cluster_part)
+        '<p class="sub">Replicas of the engine '
         "behind a router (<code>cluster.*</code>), and KV blocks kept in CPU memory after the GPU evicts "
         "them (<code>engine.cpu_offload_gib</code>). One replica has no router: its line is the single "
         "engine's. Every cell is in <code>cluster.csv</code>.</p>"

@@ -27,10 +27,11 @@ class Context:
     roles: Roles
     slo: Slo | None = None
     figures: int = 0
+    prefix: str = ""  # of figure file names: each model's part has its own (drawn in parallel)
 
     def save(self, fig: Figure, name: str) -> str:
         self.figures += 1
-        filename = f"fig{self.figures:02d}-{slug(name)}.png"
+        filename = f"fig{self.prefix}{self.figures:02d}-{slug(name)}.png"
         fig.savefig(self.out / filename)
         return filename
 

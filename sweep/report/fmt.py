@@ -118,6 +118,13 @@ def with_unit(col: str, value: Any) -> str:
     return num(value) + {**UNITS, "workload.users": " users"}.get(col, "")
 
 
+def setting(col: str, value: Any) -> str:
+    """``GPU memory 80 GiB``, ``system prompts 16``: an axis held at a value, in words."""
+    if col in UNITS:
+        return f"{label(col).split(' (')[0]} {num(value)}{UNITS[col]}"
+    return f"{label(col)} {num(value)}"
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:40] or "all"
 

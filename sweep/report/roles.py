@@ -44,7 +44,7 @@ class Roles:
     facets: tuple[str, ...]
 
 
-def _determined(df: pd.DataFrame, col: str, by: list[str]) -> bool:
+def determined(df: pd.DataFrame, col: str, by: list[str]) -> bool:
     """True when ``col`` has one value within every group of ``by`` (it follows from them)."""
     if not by:
         return df[col].nunique(dropna=False) <= 1
@@ -72,7 +72,11 @@ def infer_roles(df: pd.DataFrame, info: SweepInfo) -> Roles:
     if y is None:
         y = next((c for c in rest if c != x), None)
     core = [c for c in ("model.name", CACHING_AXIS, x, y) if c is not None and c in df.columns]
-    facets = tuple(c for c in rest if c not in (x, y) and not _determined(df, c, core))
+    kept: list[str] = []  # an axis that follows from the core and the facets before it is none
+    for c in rest:
+        if c not in (x, y) and not determined(df, c, [*core, *kept]):
+            kept.append(c)
+    facets = tuple(kept)
     caching_values = [str(v) for v in df[CACHING_AXIS].dropna().unique()] if CACHING_AXIS in df else []
     compare = CACHING_AXIS in varied and BASELINE in caching_values
     modes = tuple(sort_modes(caching_values))
@@ -86,10 +90,17 @@ def sort_modes(modes: list[Any]) -> list[Any]:
 
 
 def model_order(df: pd.DataFrame, info: SweepInfo) -> list[Any]:
-    """Models in the order the spec's grid lists them (usually by size), else in natural order."""
+    """Models in the order the spec lists them (its grid, else a zip group; usually by size),
+    else in natural order."""
     grid = info.spec.get("grid") or {}
-    listed = grid.get("model") or grid.get("model.name") if isinstance(grid, dict) else None
-    listed = listed if isinstance(listed, list) else []
+    zipped = info.spec.get("zip") or []
+    groups = [grid] + [g for g in (zipped if isinstance(zipped, list) else [zipped]) if isinstance(g, dict)]
+    listed: list[Any] = []
+    for group in groups:
+        found = group.get("model") or group.get("model.name") if isinstance(group, dict) else None
+        if isinstance(found, list):
+            listed = found
+            break
     names = [v if isinstance(v, str) else v.get("name") for v in listed if isinstance(v, (str, dict))]
     rank = {name: i for i, name in enumerate(names) if name}
     return sort_values(df["model.name"].dropna().tolist(), {k: float(v) for k, v in rank.items()})

@@ -4,6 +4,7 @@ heatmaps (or lines), the callout, the findings and the table of every cell."""
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,19 @@ def by_cell(frame: pd.DataFrame, x: str | None, y: str | None, col: str) -> pd.S
     return frame[col].reset_index(drop=True)
 
 
-def _compare_panels(sub: pd.DataFrame, x: str | None, y: str | None) -> list[Panel]:
+def speedup_panel(sub: pd.DataFrame, x: str | None, y: str | None) -> Panel:
+    return Panel(
+        "TTFT p99 speed-up from caching (off / on)",
+        by_cell(sub, x, y, "ttft_p99_speedup"),
+        lambda v: f"{v:.2f}x",
+        "RdYlGn",
+        center=1.0,
+        log=True,
+        hide_overloaded=True,
+    )
+
+
+def compare_panels(sub: pd.DataFrame, x: str | None, y: str | None) -> list[Panel]:
     return [
         Panel(
             "Prefix-cache hit rate (tokens hit / prompt tokens)",
@@ -43,15 +56,7 @@ def _compare_panels(sub: pd.DataFrame, x: str | None, y: str | None) -> list[Pan
             vmin=0.0,
             vmax=1.0,
         ),
-        Panel(
-            "TTFT p99 speed-up from caching (off / on)",
-            by_cell(sub, x, y, "ttft_p99_speedup"),
-            lambda v: f"{v:.2f}x",
-            "RdYlGn",
-            center=1.0,
-            log=True,
-            hide_overloaded=True,
-        ),
+        speedup_panel(sub, x, y),
         Panel(
             "Throughput gain from caching (requests/s)",
             by_cell(sub, x, y, "throughput_gain"),
@@ -64,7 +69,7 @@ def _compare_panels(sub: pd.DataFrame, x: str | None, y: str | None) -> list[Pan
     ]
 
 
-def _compare_marks(
+def compare_marks(
     sub: pd.DataFrame,
     x: str,
     y: str,
@@ -90,26 +95,44 @@ def _compare_marks(
     return marks
 
 
-def section_compare(ctx: Context, df: pd.DataFrame, title: str) -> tuple[str, list[Finding]]:
-    """HTML for one model (and facet value) of a sweep that varies caching against ``off``."""
+@dataclass
+class Cells:
+    """What one section measured, for a figure drawn over several sections (facets): per caching
+    mode its :func:`caching_cells` rows, the cells' status, and the axes' values and ticks."""
+
+    subs: dict[str, pd.DataFrame]
+    status: dict[tuple[Any, ...], str]
+    xs: list[Any]
+    ys: list[Any]
+    tick: Tick
+
+
+def section_compare(
+    ctx: Context, df: pd.DataFrame, title: str, draw: bool = True, cmp: pd.DataFrame | None = None
+) -> tuple[str, list[Finding], Cells]:
+    """HTML for one model (and facet value) of a sweep that varies caching against ``off``; with
+    ``draw`` False, without figures (the caller draws :class:`Cells` of several sections at once).
+    ``cmp``: the :func:`caching_cells` rows of ``df``'s cells when the caller has them already."""
     x, y = ctx.roles.x, ctx.roles.y
     keys = [c for c in (x, y) if c is not None]
-    cmp = caching_cells(df, keys)
+    cmp = caching_cells(df, keys) if cmp is None else cmp
     status = cell_status(df, [*keys, CACHING_AXIS]) if keys else {}
     tick, capacity = y_tick_fn(df, y)
     xs = sort_values(df[x].tolist()) if x else []
     ys = sort_values(df[y].tolist(), capacity) if y else []
     parts: list[str] = []
     findings: list[Finding] = []
+    cells = Cells({}, status, xs, ys, tick)
     for mode in ctx.roles.modes:
         sub = cmp[cmp[CACHING_AXIS] == mode]
         if sub.empty:
             continue
+        cells.subs[mode] = sub
         mode_title = f"{title}: caching '{mode}' vs 'off'"
         parts.append(f"<h3>Caching <code>{html.escape(mode)}</code> against <code>off</code></h3>")
-        panels = _compare_panels(sub, x, y)
-        if x and y:
-            marks = _compare_marks(sub, x, y, status, mode, xs, ys)
+        panels = compare_panels(sub, x, y) if draw else []
+        if draw and x and y:
+            marks = compare_marks(sub, x, y, status, mode, xs, ys)
             fig = heatmaps.new_figure(16, 1.6 + 0.55 * max(len(ys), 3))
             for i, (ax, panel) in enumerate(zip(fig.subplots(1, 3), panels, strict=True)):
                 heatmaps.heatmap(ax, panel, xs, ys, (label(x), label(y) if i == 0 else ""), tick, marks)
@@ -123,15 +146,16 @@ def section_compare(ctx: Context, df: pd.DataFrame, title: str) -> tuple[str, li
                     f" throughput gain of caching '{mode}'",
                 )
             )
-        elif x or y:
+        elif draw and (x or y):
             axis = x or y
             assert axis is not None
             parts.append(_compare_lines(ctx, sub, axis, xs if x else ys, panels, mode_title, title, mode))
         findings.append(_finding(df, sub, title, mode, status, (x, y, tick)))
         parts.append(_callout(sub, mode, x, y, tick))
         parts.append(folded(f"Every cell ({len(sub)})", cells_table(sub, x, y)))
-    parts.append(metric_lines(ctx, df, title, tick, capacity))
-    return "\n".join(parts), findings
+    if draw:
+        parts.append(metric_lines(ctx, df, title, tick, capacity))
+    return "\n".join(parts), findings, cells
 
 
 def _finding(
