@@ -22,6 +22,26 @@ before its loop runs again plus the least client wait among its outstanding requ
 (the lookahead of conservative parallel discrete-event simulation). No router acts before it,
 so every engine's state is exact whenever a router reads it, in fast and reference mode alike.
 
+Lazy replicas (fast mode). Past that horizon a replica's work is not run ahead but planned or
+deferred, and run when something needs it:
+
+- a decode window is *planned* to its natural end (first finish, or free blocks) without
+  touching any state (``fastforward.py``); a request sent to the replica runs it up to that
+  moment (a *cut*) and drops the rest, as the reference would have stopped there;
+- the replica's loop does not wake when the window ends, nor at the step after a cut, but at
+  its lookahead (the earliest time anything it would run could complete); a cut, a router's
+  read or the steady check that comes sooner runs it up to then instead (``Engine._cut``),
+  which is what usually happens: a replica's next request often comes before its lookahead;
+- a router's read does not cut a window that is still running: the load counts the last
+  step's finishers once that step has started, and the cache answers as if the blocks the
+  window's steps so far evicted were gone (``BlockPool.leading_run_spared`` / ``_evicting``).
+
+All of these run exactly the steps the engine loop would have run one call at a time, so fast
+mode still equals reference mode, replica for replica (``tests/test_fast_vs_reference.py``).
+Which router is used does not change the horizon: in the standard chat scenario a replica's
+runs end at a planned window every time, so a narrower horizon (only the events that could
+reach it) would save nothing.
+
 When arrivals stop. With several replicas the cluster decides (an engine sees only its own
 completions): at the request count, at the duration, or (``until: steady``) at the finish of
 the n-th completion cluster-wide, counted in finish-time order, with what was known then (as

@@ -110,10 +110,10 @@ class Engine:
     finished, and their prompt tokens (what a router may ask; they change with the engine's
     state, at the start of the step that finishes a request, in both scheduler modes).
 
-    In a cluster, fast mode plans decode windows instead of running them (``fastforward.py``);
-    whatever asks the engine for state a planned window changes, or sends it a request, first
-    runs the window up to that moment (:meth:`_cut`), so every answer is the one the reference
-    mode gives.
+    In a cluster, fast mode plans decode windows instead of running them (``fastforward.py``)
+    and defers its next step to its lookahead (:attr:`_defer`); whatever asks the engine for
+    state that changed since, or sends it a request, first runs it up to that moment
+    (:meth:`_cut`), so every answer is the one the reference mode gives.
     """
 
     def __init__(
@@ -159,10 +159,10 @@ class Engine:
         if isinstance(self.scheduler, FastScheduler) and note is not None:  # a replica of a cluster
             self.scheduler.tentative = True
             self.scheduler.horizon_fn = self._horizon  # asked for only when needed
-        # a replica's planned window that ends with finishes runs when those could first
-        # complete (its lookahead), not when it ends: anything that needs this engine sooner
-        # runs it then (_cut). Not with a CPU tier: a copy started by a path run late could land
-        # in the past
+        # a replica's planned window, and its next step after a cut, run when what they do
+        # could first complete (its lookahead), not when they are due: anything that needs
+        # this engine sooner runs them then (_cut). Not with a CPU tier: a copy started by a
+        # path run late could land in the past
         self._defer = isinstance(self.scheduler, FastScheduler) and note is not None and self.cpu is None
         self.scheduler.load_time = self._load_time
         self._link_free = 0.0  # when the host link finishes the copies queued on it
@@ -229,7 +229,7 @@ class Engine:
             req.record.finish_s = now
             req.done.succeed(False)
             return req.done
-        cut = self._behind(now)
+        cut = self.scheduler.plan is not None or (self._defer and self.next_start < now)  # _behind
         if cut:
             self._cut()
         self._outstanding_requests += 1
