@@ -365,31 +365,10 @@ cdef class CBlockPool:
 
     def leading_run_evicting(self, hashes, Py_ssize_t max_blocks, Py_ssize_t m):
         """``BlockPool.leading_run_evicting``: the leading run once the ``m`` least recently
-        used cached free blocks are evicted (flagged while it counts), or -1 with a hash held
-        twice."""
+        used cached free blocks are evicted, or -1 with a hash held twice."""
         if self.dups:
             return -1
-        cdef array.array ha = _i64(hashes)
-        cdef int64_t* hp = <int64_t*>ha.data.as_longlongs
-        cdef Py_ssize_t n = min(max_blocks, len(ha))
-        cdef Py_ssize_t j = 0, k = 0, b = self.head
-        while k < m and b != NONE:
-            self.blk[b].gone = 1
-            b = self.blk[b].nxt
-            k += 1
-        while j < n:
-            if j + _AHEAD < n:
-                self._prefetch_slot(hp[j + _AHEAD])
-            b = self._find(hp[j])
-            if b == 0 or self.blk[b].gone:
-                break
-            j += 1
-        b = self.head
-        while k:
-            self.blk[b].gone = 0
-            b = self.blk[b].nxt
-            k -= 1
-        return j
+        return self._run_to_gone(_i64(hashes), max_blocks, m) // 2
 
     def leading_run_spared(self, hashes, Py_ssize_t max_blocks, Py_ssize_t m):
         """``BlockPool.leading_run_spared``: the leading run when none of its blocks is among
@@ -397,11 +376,16 @@ cdef class CBlockPool:
         twice)."""
         if self.dups:
             return -1
-        cdef array.array ha = _i64(hashes)
+        cdef Py_ssize_t r = self._run_to_gone(_i64(hashes), max_blocks, m)
+        return -1 if r % 2 else r // 2
+
+    cdef Py_ssize_t _run_to_gone(self, array.array ha, Py_ssize_t max_blocks, Py_ssize_t m) except -1:
+        """2 x the leading run of ``ha`` up to the first block missing or among the ``m`` least
+        recently used cached free blocks (flagged while it counts), plus 1 if such a block ended
+        it."""
         cdef int64_t* hp = <int64_t*>ha.data.as_longlongs
         cdef Py_ssize_t n = min(max_blocks, len(ha))
-        cdef Py_ssize_t j = 0, k = 0, b = self.head
-        cdef bint spared = True
+        cdef Py_ssize_t j = 0, k = 0, b = self.head, gone = 0
         while k < m and b != NONE:
             self.blk[b].gone = 1
             b = self.blk[b].nxt
@@ -413,7 +397,7 @@ cdef class CBlockPool:
             if b == 0:
                 break
             if self.blk[b].gone:
-                spared = False
+                gone = 1
                 break
             j += 1
         b = self.head
@@ -421,7 +405,7 @@ cdef class CBlockPool:
             self.blk[b].gone = 0
             b = self.blk[b].nxt
             k -= 1
-        return j if spared else -1
+        return 2 * j + gone
 
     def longest_hit_hinted(self, hashes, Py_ssize_t max_blocks, hint=None):
         """``BlockPool.longest_hit_hinted``: the hint's leading run of blocks that still hold

@@ -128,17 +128,7 @@ class BlockPool:
         """:meth:`leading_run` as it will be once the next allocations have evicted the ``m``
         least recently used cached free blocks; -1 (no answer) while a hash has a second
         holder (an eviction may then move it instead of dropping it)."""
-        if self._dup_blocks:
-            return -1
-        gone = set(islice(self._cached_free, m))
-        get = self._hash_to_block.get
-        n = 0
-        for h in hashes[:max_blocks]:
-            b = get(h)
-            if b is None or b in gone:
-                break
-            n += 1
-        return n
+        return -1 if self._dup_blocks else self._run_to_gone(hashes, max_blocks, m)[0]
 
     def leading_run_spared(self, hashes: Sequence[int], max_blocks: int, m: int) -> int:
         """:meth:`leading_run` when none of its blocks is among the ``m`` least recently used
@@ -146,6 +136,12 @@ class BlockPool:
         -1; -1 too while a hash has a second holder."""
         if self._dup_blocks:
             return -1
+        n, gone = self._run_to_gone(hashes, max_blocks, m)
+        return -1 if gone else n
+
+    def _run_to_gone(self, hashes: Sequence[int], max_blocks: int, m: int) -> tuple[int, bool]:
+        """The leading run up to the first block missing or among the ``m`` least recently used
+        cached free blocks, and whether such a block ended it."""
         gone = set(islice(self._cached_free, m))
         get = self._hash_to_block.get
         n = 0
@@ -154,9 +150,9 @@ class BlockPool:
             if b is None:
                 break
             if b in gone:
-                return -1
+                return n, True
             n += 1
-        return n
+        return n, False
 
     def longest_hit_hinted(
         self, hashes: Sequence[int], max_blocks: int, hint: Sequence[int] | None = None
