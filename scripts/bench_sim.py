@@ -11,7 +11,7 @@ scenario's users (the same load per replica) against one replica, in wall micros
 simulated request, for each router of ``--cluster-routers``; the target is 1.3x. Beside them it
 measures the floor: N independent single engines stepped together in simulated-time order (no
 router, no cluster bookkeeping), which costs more than one engine per request only because the
-N engines' memory is touched in turn.
+N engines' memory is touched in turn, and as a control the same N engines run one after another.
 
 With ``--against REV`` it first compares this tree with git revision REV (e.g. ``HEAD`` for
 uncommitted changes, ``HEAD~1`` for the last commit): REV is checked out in a temporary git
@@ -75,12 +75,13 @@ def run_cluster(path: str, requests: int, replicas: int, router: str) -> dict[st
     return {"wall_s": wall, "us_per_req": 1e6 * wall / s["num_completed"], "hit_rate": s["prefix_hit_rate"]}
 
 
-def run_interleaved(path: str, requests: int, replicas: int) -> dict[str, float]:
+def run_interleaved(path: str, requests: int, replicas: int, interleave: bool = True) -> dict[str, float]:
     """The floor under a cluster's cost: ``replicas`` independent single engines (the scenario
     each, seeds 0, 1, ...), stepped together in simulated-time order, event by event, as a
     cluster's replicas run. No router, no cluster bookkeeping: what it costs over one engine per
     request is what touching N engines' memory in turn costs (their caches, block pools and
-    requests no longer fit the CPU's caches together)."""
+    requests no longer fit the CPU's caches together). With ``interleave`` false the same
+    engines run one after another (the control: it costs about one engine per request)."""
     import heapq
 
     from simcore.costmodel import kv_capacity_blocks
@@ -97,6 +98,9 @@ def run_interleaved(path: str, requests: int, replicas: int) -> dict[str, float]
         Workload(cfg).start(engine)
         engines.append((engine, cfg))
     envs = [e.env for e, _ in engines]
+    if not interleave:
+        for env in envs:
+            env.run()
     due = [(env.peek(), i) for i, env in enumerate(envs)]
     heapq.heapify(due)
     while due[0][0] < float("inf"):
@@ -122,10 +126,11 @@ def cluster_bench(path: str, requests: int, replicas: int, routers: list[str], r
     leftovers do not slow the next); with the floor (:func:`run_interleaved`) measured beside."""
     print(f"cluster: {replicas} replicas x {replicas}x the users against 1 replica, {requests:,} requests "
           f"per replica, median of {repeat} alternating child runs")
-    rows: dict[str, list[dict[str, float]]] = {"1": [], "floor": [], **{r: [] for r in routers}}
+    rows: dict[str, list[dict[str, float]]] = {"1": [], "floor": [], "seq": [], **{r: [] for r in routers}}
     for _ in range(repeat):
         rows["1"].append(run_cluster_child(path, requests, 1, "round_robin"))
         rows["floor"].append(run_cluster_child(path, requests, replicas, "interleaved"))
+        rows["seq"].append(run_cluster_child(path, requests, replicas, "sequential"))
         for router in routers:
             rows[router].append(run_cluster_child(path, requests, replicas, router))
     base = statistics.median(r["us_per_req"] for r in rows["1"])
@@ -134,6 +139,9 @@ def cluster_bench(path: str, requests: int, replicas: int, routers: list[str], r
     floor = statistics.median(r["us_per_req"] for r in rows["floor"])
     print(f"  {replicas} independent engines, interleaved (no router): {floor:6.1f} us/request | "
           f"{floor / base:.2f}x one replica per request (the floor: their memory touched in turn)")
+    seq = statistics.median(r["us_per_req"] for r in rows["seq"])
+    print(f"  the same {replicas} engines, one after another: {seq:6.1f} us/request | "
+          f"{seq / base:.2f}x one replica per request (the control)")
     for router in routers:
         us = statistics.median(r["us_per_req"] for r in rows[router])
         hit = statistics.median(r["hit_rate"] for r in rows[router])
@@ -142,9 +150,9 @@ def cluster_bench(path: str, requests: int, replicas: int, routers: list[str], r
 
 
 def run_cluster_or_floor(path: str, requests: int, replicas: int, router: str) -> dict[str, float]:
-    """:func:`run_cluster`, or for router ``interleaved`` :func:`run_interleaved`."""
-    if router == "interleaved":
-        return run_interleaved(path, requests, replicas)
+    """:func:`run_cluster`, or for router ``interleaved`` / ``sequential`` :func:`run_interleaved`."""
+    if router in ("interleaved", "sequential"):
+        return run_interleaved(path, requests, replicas, interleave=router == "interleaved")
     return run_cluster(path, requests, replicas, router)
 
 
