@@ -51,10 +51,11 @@ class Scheduler:
         # cache's warm-up lasts at least until then (see metrics.py)
         self.cache_full_s: float | None = None
         self.plan: tuple[float, int, float] | None = None  # never set here (see fastforward.py)
-        # requests admitted to wait for CPU tier copies, with when those land (load_time gives
-        # it: the engine's host link); the engine takes them after each advance
+        # requests admitted to wait for copies from the CPU tier or the shared pool, with when
+        # those land (load_time gives it: the engine's links); the engine takes them after each
+        # advance
         self.loads: list[tuple[Request, float]] = []
-        self.load_time: Callable[[float, int], float] | None = None
+        self.load_time: Callable[[float, Request], float] | None = None
         self.in_flight = 0  # requests whose copies have not landed
 
     def has_work(self) -> bool:
@@ -118,7 +119,7 @@ class Scheduler:
                 waiting.popleft()  # it waits for its copies outside the batch (see loaded)
                 self._first_admission(req, now)
                 assert self.load_time is not None
-                self.loads.append((req, self.load_time(now, req.loading)))
+                self.loads.append((req, self.load_time(now, req)))
                 self.in_flight += 1
                 continue
             waiting.popleft()
@@ -139,18 +140,20 @@ class Scheduler:
 
     def _first_admission(self, req: Request, now: float) -> None:
         """Hit-rate figures count first admissions only (as vLLM); this one, of a request that
-        waits for CPU tier copies, counts them as hits from CPU memory."""
+        waits for copies, counts them as hits from CPU memory or the shared pool."""
         if not req.admitted:
             req.admitted = True
             req.record.admitted_s = now
-            cpu = req.loading * self.block_size
-            req.record.cached_tokens = req.num_computed + cpu
+            shared = req.loading_shared * self.block_size
+            cpu = req.loading * self.block_size - shared
+            req.record.cached_tokens = req.num_computed + cpu + shared
             req.record.cpu_cached_tokens = cpu
+            req.record.shared_cached_tokens = shared
             if self.cache_full_s is None and self.pool.evictions:
                 self.cache_full_s = now
 
     def loaded(self, req: Request) -> None:
-        """A request's CPU tier copies have landed: it goes back to the head of the queue."""
+        """A request's copies have landed: it goes back to the head of the queue."""
         self.kv.loaded(req)
         self.waiting.appendleft(req)
         self.in_flight -= 1
