@@ -90,7 +90,9 @@ class Scheduler:
                 budget -= n
                 continue
             break
-        if not preempted:
+        if not preempted or not sched:  # (vLLM admits nothing in a step that preempted, but a
+            # step that preempted every running request would run nothing: possible only when
+            # requests whose copies landed hold the blocks, and they need none)
             sched += self._admit_waiting(now, budget)
         if not sched:
             if self.in_flight:  # what could run waits for CPU tier copies: no step until one lands
@@ -159,7 +161,10 @@ class Scheduler:
         self.in_flight -= 1
 
     def _preempt_last(self) -> Request:
-        """Preempt the most recently admitted running request (recompute later)."""
+        """Preempt the most recently admitted running request (recompute later). It goes back
+        to the head of the queue, behind any request whose copies have landed: those hold the
+        blocks of their whole prompt and need none, while the victim needs blocks that they may
+        hold (ahead of them, it could wait forever with nothing running)."""
         _, victim = self.running.popitem()
         self.kv.free(victim)
         # tokens below its high-water mark computed since this admission were computed again
@@ -169,7 +174,14 @@ class Scheduler:
         victim.num_computed = 0
         victim.record.preemptions += 1
         self.counters.preemptions += 1
-        self.waiting.appendleft(victim)
+        waiting = self.waiting
+        if waiting and waiting[0].blocks:  # copies landed (only those wait holding blocks)
+            i = 1
+            while i < len(waiting) and waiting[i].blocks:
+                i += 1
+            waiting.insert(i, victim)
+        else:
+            waiting.appendleft(victim)
         return victim
 
     def _account(self, now: float, tokens: int, attn: int, kv: int, seqs: int) -> float:
