@@ -66,6 +66,7 @@ def run(path: str, requests: int, mode: str) -> dict[str, float]:
 def run_cluster(path: str, requests: int, replicas: int, router: str) -> dict[str, float]:
     """The scenario with ``replicas`` replicas serving ``replicas`` x its users and requests."""
     users = load_config(path, []).workload.users  # type: ignore[union-attr]
+    assert users is not None, "the scenario must be a chat workload with users"
     cfg = load_config(path, [f"run.num_requests={replicas * requests}", "run.mode=fast",
                              f"cluster.replicas={replicas}", f"cluster.router={router}",
                              f"workload.users={replicas * users}"])

@@ -34,6 +34,7 @@ TRACE = ROOT.parent / "shared/data/traces/conversation_trace.jsonl"
 def chat_table(requests: int, replicas: int) -> bool:
     """Table 1; returns whether both targets hold."""
     users = load_config(str(CHAT), []).workload.users  # type: ignore[union-attr]
+    assert users is not None, "configs/runs/chat.yaml must be a chat workload with users"
     one = simulate(load_config(str(CHAT), [f"run.num_requests={requests}"])).summary
     print(f"configs/runs/chat.yaml: one engine with {users} users ({requests:,} requests) against "
           f"{replicas} replicas with {replicas * users} users ({replicas * requests:,} requests); "

@@ -23,6 +23,7 @@ some, the two readings may differ by a few users.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -99,7 +100,7 @@ def main() -> None:
     if args.executor == "ray":  # one Ray for both sweeps: kvsweep uses it and leaves it running
         import ray
 
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     search_s = run(search, folder / "search", args.executor)
     grid_s = run(grid, folder / "grid", args.executor)
     found = analysis.load_capacity(folder / "search")
