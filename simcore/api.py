@@ -14,7 +14,7 @@ from typing import Any
 
 from simcore.cluster import Cluster
 from simcore.config import SimConfig
-from simcore.costmodel import cpu_tier_blocks, kv_capacity_blocks
+from simcore.costmodel import cpu_tier_blocks, kv_capacity_blocks, shared_pool_blocks
 from simcore.feasibility import config_refusal, memory_refusal
 from simcore.metrics import empty_summary, merge_counters, no_data_reason, summarize
 from simcore.steady import STEADY_STOPS, Setting
@@ -66,7 +66,9 @@ def simulate(cfg: SimConfig, wall_limit_s: float | None = None) -> RunResult:
         # a run the steady check stopped reports what the check saw (see steady.py)
         known_at=cluster.stop_s if cluster.stop_reason in STEADY_STOPS else math.inf,
         cpu_capacity_blocks=cpu_tier_blocks(cfg) if cfg.engine.prefix_caching != "off" else 0,
+        shared_capacity_blocks=shared_pool_blocks(cfg),
         replica_counters=parts,
+        sim_mode=cluster.cfg.run.mode,
     )
     warmup_end = summary["warmup_end_s"]
     for rec in cluster.records:

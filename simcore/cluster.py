@@ -42,6 +42,15 @@ Which router is used does not change the horizon: in the standard chat scenario 
 runs end at a planned window every time, so a narrower horizon (only the events that could
 reach it) would save nothing.
 
+A shared pool (``cluster.shared_pool_gib``) runs the cluster in reference mode, whatever
+``run.mode`` says (the summary's ``sim_mode`` tells which ran). Its LRU order is the order in
+which all replicas' evictions happen, and every lookup sees every eviction made before it, in
+simulated time; lazy replicas run their steps late, at a cut, so their evictions (and the
+lookups of the requests they admit) would enter the pool out of that order, and a replica's
+cache could no longer be answered for without settling all the others. The reference mode
+runs every replica's steps in simulated-time order, so the pool's state is exact; it is several
+times slower than fast mode (it computes every decode step).
+
 When arrivals stop. With several replicas the cluster decides (an engine sees only its own
 completions): at the request count, at the duration, or (``until: steady``) at the finish of
 the n-th completion cluster-wide, counted in finish-time order, with what was known then (as
@@ -62,12 +71,14 @@ from typing import Any
 import simpy
 
 from simcore.config import SimConfig
+from simcore.costmodel import shared_pool_blocks
 from simcore.engine import STEADY_CHECK_GROWTH, STEADY_FIRST_CHECK, STEADY_MIN_STEP, Engine, limit_reached
 from simcore.hashing import TokenSeq
 from simcore.metrics import RequestRecord
 from simcore.request import Request
 from simcore.router import RouteRequest, make_router
 from simcore.steady import SteadyMonitor
+from simcore.tiers import LruTier
 
 
 class SnapshotView:
@@ -108,7 +119,11 @@ class Cluster:
     """``cfg.cluster.replicas`` engines sharing one environment, behind ``cfg.cluster.router``."""
 
     def __init__(self, cfg: SimConfig, num_blocks: int, wall_limit_s: float | None = None) -> None:
+        shared_blocks = shared_pool_blocks(cfg)
+        if shared_blocks and cfg.run.mode != "reference":  # exact only step by step (module notes)
+            cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"mode": "reference"})})
         self.cfg = cfg
+        self.shared = LruTier(shared_blocks) if shared_blocks else None
         c = cfg.cluster
         self.env = simpy.Environment()
         self.records: list[RequestRecord] = []
@@ -121,7 +136,7 @@ class Cluster:
         self.engines = [
             Engine(cfg, num_blocks, wall_limit_s, env=self.env, records=self.records, replica=i,
                    horizon=None if alone else self._horizon_for(i), note=None if alone else self._note,
-                   on_finished=self._finished if steady else None, decides_stop=alone)
+                   on_finished=self._finished if steady else None, decides_stop=alone, shared=self.shared)
             for i in range(n)
         ]
         # when arrivals stop (several replicas; one engine decides alone): see the module notes

@@ -518,6 +518,14 @@ class ClusterConfig(BaseModel):
     snapshot_interval_s: PositiveFloat | None = Field(
         default=None, description="prefix_aware sees cache state refreshed this often; None: exact"
     )
+    shared_pool_gib: NonNegativeFloat = Field(
+        default=0.0, description="a KV pool shared by all replicas (Mooncake-style), fed by their"
+        " evictions; 0: none. Runs in reference mode (see simcore/cluster.py)"
+    )
+    network_bandwidth: PositiveFloat = Field(
+        default=25e9, description="effective bandwidth of each GPU's network link to the shared pool,"
+        " bytes/s (25e9: a 200 Gb/s RDMA NIC per GPU)"
+    )
 
 
 class SimConfig(BaseModel):

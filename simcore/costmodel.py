@@ -158,17 +158,37 @@ def kv_capacity_blocks(cfg: SimConfig) -> tuple[int, str | None]:
     return blocks, None
 
 
-def cpu_tier_blocks(cfg: SimConfig) -> int:
-    """Blocks that ``engine.cpu_offload_gib`` of CPU memory holds (every GPU's share of a block
-    together, as vLLM's ``cpu_bytes_to_use`` counts them); 0 without a CPU tier."""
+def tier_blocks(cfg: SimConfig, gib: float) -> int:
+    """Blocks that ``gib`` GiB of memory outside the GPUs holds (every GPU's share of a block
+    together, as vLLM's ``cpu_bytes_to_use`` counts them)."""
     e = cfg.engine
-    if not e.cpu_offload_gib:
-        return 0
     per_block = e.block_size * kv_bytes_per_token_per_gpu(cfg) * e.tensor_parallel
-    return int(e.cpu_offload_gib * 2**30 // per_block)
+    return int(gib * 2**30 // per_block)
+
+
+def cpu_tier_blocks(cfg: SimConfig) -> int:
+    """Blocks that ``engine.cpu_offload_gib`` of CPU memory holds; 0 without a CPU tier."""
+    return tier_blocks(cfg, cfg.engine.cpu_offload_gib)
+
+
+def shared_pool_blocks(cfg: SimConfig) -> int:
+    """Blocks that the cluster's shared pool (``cluster.shared_pool_gib``, all replicas together)
+    holds; 0 without one, or without prefix caching (nothing to look up)."""
+    if cfg.engine.prefix_caching == "off":
+        return 0
+    return tier_blocks(cfg, cfg.cluster.shared_pool_gib)
 
 
 def host_load_seconds(cfg: SimConfig, blocks: int) -> float:
     """Seconds to copy ``blocks`` KV blocks from CPU memory to the GPUs: each GPU copies its
     share of every block over its own PCIe link, at ``gpu.host_bandwidth``, all at once."""
     return blocks * cfg.engine.block_size * kv_bytes_per_token_per_gpu(cfg) / cfg.gpu.host_bandwidth
+
+
+def shared_load_seconds(cfg: SimConfig, blocks: int) -> float:
+    """Seconds to copy ``blocks`` KV blocks from the cluster's shared pool to a replica's GPUs:
+    each GPU reads its share of every block over its own network link (GPUDirect RDMA, as
+    Mooncake's transfer engine does), which lands through the GPU's PCIe link, so the copy
+    streams at the slower of the two, ``min(cluster.network_bandwidth, gpu.host_bandwidth)``."""
+    bw = min(cfg.cluster.network_bandwidth, cfg.gpu.host_bandwidth)
+    return blocks * cfg.engine.block_size * kv_bytes_per_token_per_gpu(cfg) / bw

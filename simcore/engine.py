@@ -21,6 +21,15 @@ in CPU memory. A request whose cached prefix continues there leaves the queue to
 copies (``kvcache.LOADING``); they cross the replica's host link one copy at a time at
 ``gpu.host_bandwidth`` (``costmodel.host_load_seconds``), and when they land the request goes
 back to the head of the queue with those tokens computed. Only that request waits.
+
+Shared pool (``cluster.shared_pool_gib``, ``simcore/tiers.py``): one pool for all replicas,
+fed by what leaves each replica's last local tier; a request's cached prefix may continue there
+past its GPU and CPU runs. Its shared hits cross the network and the GPU's host link at the
+slower of the two (``costmodel.shared_load_seconds``), in the same copy as its CPU hits, queued
+on the same link (a replica's copies take it one at a time). Every step stores what it evicted
+in the pool before the next event (:meth:`KVCacheManager.drain`), so evictions of all replicas
+enter it in simulated-time order; the cluster runs such a run in reference mode (see
+``simcore/cluster.py``).
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from simpy.events import EventPriority
 
 from simcore.blocks import BlockPool, native_pool_class
 from simcore.config import SimConfig
-from simcore.costmodel import CostModel, cpu_tier_blocks, host_load_seconds
+from simcore.costmodel import CostModel, cpu_tier_blocks, host_load_seconds, shared_load_seconds
 from simcore.fastforward import FastScheduler
 from simcore.hashing import TokenSeq
 from simcore.kvcache import KVCacheManager, blocks_for
@@ -45,7 +54,7 @@ from simcore.metrics import Counters, RequestRecord
 from simcore.request import Request
 from simcore.scheduler import Scheduler
 from simcore.steady import SteadyMonitor
-from simcore.tiers import CpuTier
+from simcore.tiers import LruTier
 
 STEADY_FIRST_CHECK = 200  # completions before until: steady first checks the run
 STEADY_CHECK_GROWTH = 1.1  # ... then each time the completions grow by this factor
@@ -121,6 +130,7 @@ class Engine:
         env: simpy.Environment | None = None, records: list[RequestRecord] | None = None, replica: int = 0,
         horizon: Callable[[], float] | None = None, note: Callable[[float], None] | None = None,
         on_finished: Callable[[Sequence[Request]], None] | None = None, decides_stop: bool = True,
+        shared: LruTier | None = None,
     ) -> None:
         self.cfg = cfg
         self._deadline = None if wall_limit_s is None else time.perf_counter() + wall_limit_s
@@ -149,8 +159,10 @@ class Engine:
         pool_cls = (native_pool_class() or BlockPool) if fast else BlockPool
         self.pool = pool_cls(num_blocks, enable_caching=caching)
         blocks = cpu_tier_blocks(cfg) if caching else 0
-        self.cpu = CpuTier(blocks) if blocks else None
-        self.kv = KVCacheManager(self.pool, e.block_size, caching, hinted_lookup=fast, cpu=self.cpu)
+        self.cpu = LruTier(blocks) if blocks else None
+        self.shared = shared if caching else None  # the cluster's shared pool
+        self.kv = KVCacheManager(self.pool, e.block_size, caching, hinted_lookup=fast, cpu=self.cpu,
+                                 shared=self.shared)
         cls = FastScheduler if fast else Scheduler
         self.scheduler: Scheduler = cls(
             self.kv, CostModel(cfg), self.counters,
@@ -161,9 +173,10 @@ class Engine:
             self.scheduler.horizon_fn = self._horizon  # asked for only when needed
         # a replica's planned window, and its next step after a cut, run when what they do
         # could first complete (its lookahead), not when they are due: anything that needs
-        # this engine sooner runs them then (_cut). Not with a CPU tier: a copy started by a
-        # path run late could land in the past
-        self._defer = isinstance(self.scheduler, FastScheduler) and note is not None and self.cpu is None
+        # this engine sooner runs them then (_cut). Not with a CPU tier or a shared pool: a copy
+        # started by a path run late could land in the past
+        self._defer = (isinstance(self.scheduler, FastScheduler) and note is not None and self.cpu is None
+                       and self.shared is None)
         self.scheduler.load_time = self._load_time
         self._link_free = 0.0  # when the host link finishes the copies queued on it
         self._loads_at: list[float] = []  # when the CPU tier copies under way land (a min-heap)
@@ -270,6 +283,7 @@ class Engine:
         defer = self._defer
         # a replica's fast scheduler asks for the horizon itself, only when it needs it
         lazy = isinstance(sched, FastScheduler) and sched.horizon_fn is not None
+        shared = self.shared is not None
         n = 0
         start = 0.0  # when the next step starts: now, or earlier after a deferred window (_defer)
         while True:
@@ -288,6 +302,8 @@ class Engine:
             if self._loads_at and self._loads_at[0] < horizon:
                 horizon = self._loads_at[0]
             end, finished = sched.advance(start, horizon)
+            if shared:  # what the step evicted enters the shared pool now
+                self.kv.drain()
             if finished:
                 self._finished(now, finished)
             if sched.loads:
@@ -391,19 +407,24 @@ class Engine:
             if verdict is not None:
                 self.stop_reason, self._stopped_at = verdict, at
 
-    # ---- the CPU tier --------------------------------------------------------------------------
-    def _load_time(self, now: float, blocks: int) -> float:
-        """When ``blocks`` blocks copied from the CPU tier, queued now on the host link, land
+    # ---- the CPU tier and the shared pool ------------------------------------------------------
+    def _load_time(self, now: float, req: Request) -> float:
+        """When the copy of ``req``'s CPU and shared hits, queued now on the host link, lands
         (copies take the link one at a time, first come first served)."""
         start = self._link_free if self._link_free > now else now
-        self._link_free = start + host_load_seconds(self.cfg, blocks)
+        shared = req.loading_shared
+        took = host_load_seconds(self.cfg, req.loading - shared)
+        if shared:
+            took += shared_load_seconds(self.cfg, shared)
+        self._link_free = start + took
         return self._link_free
 
     def _start_loads(self, now: float) -> None:
         """Time the copies the last advance started: each request comes back when its lands."""
         sched = self.scheduler
         for req, ready in sched.loads:
-            self.counters.cpu_loaded_blocks += req.loading
+            self.counters.cpu_loaded_blocks += req.loading - req.loading_shared
+            self.counters.shared_loaded_blocks += req.loading_shared
             self.counters.events += 1
             heapq.heappush(self._loads_at, ready)
             ev = self.env.timeout(ready - now)
@@ -573,7 +594,7 @@ class Engine:
             self._settle()
         if self.cpu is None:
             return self.pool.cached_hashes(), frozenset()
-        self.kv._drain()
+        self.kv.drain()
         return self.pool.cached_hashes(), self.cpu.cached_hashes()
 
     def run(self) -> None:

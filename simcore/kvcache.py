@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from simcore import native
 from simcore.blocks import BlockPool
 from simcore.request import Request
-from simcore.tiers import CpuTier
+from simcore.tiers import LruTier
 
-LOADING = -2  # admit_waiting: the request holds its hit blocks and waits for a CPU tier copy
+LOADING = -2  # admit_waiting: the request holds its hit blocks and waits for copies from a tier
 
 
 def blocks_for(tokens: int, block_size: int) -> int:
@@ -26,7 +26,8 @@ def blocks_for(tokens: int, block_size: int) -> int:
 
 
 class KVCacheManager:
-    """A request's blocks in the GPU pool and, with a CPU tier (``cpu``), its hits there.
+    """A request's blocks in the GPU pool and, with a CPU tier (``cpu``) or the cluster's shared
+    pool (``shared``), its hits there.
 
     With a CPU tier, a waiting request whose cached prefix continues in CPU memory past its
     GPU hit (:meth:`_admit_tiered`) gets its GPU hits plus blocks for the rest of its prompt,
@@ -36,11 +37,19 @@ class KVCacheManager:
     means a request whose copies landed never waits for room that other copies hold.) The GPU
     pool's evicted hashes are stored in the tier before every question the tier answers, so it
     sees them in order.
+
+    With a shared pool the lookup goes on past the CPU run (or past the GPU run, without a CPU
+    tier): the leading run of the hashes that follow, held in the shared pool; those hits are
+    copied too (``req.loading_shared`` of ``req.loading``). What leaves the last local tier is
+    stored in the shared pool by :meth:`drain`, which the engine calls after every step as
+    well, so the evictions of all replicas enter it in simulated-time order. A router's
+    question (:meth:`cached_prefix_tokens`) leaves the shared pool out: every replica reaches
+    it alike.
     """
 
     def __init__(
         self, pool: BlockPool, block_size: int, caching: bool, hinted_lookup: bool = False,
-        cpu: CpuTier | None = None,
+        cpu: LruTier | None = None, shared: LruTier | None = None,
     ) -> None:
         self.pool = pool
         self.block_size = block_size
@@ -54,9 +63,12 @@ class KVCacheManager:
         else:
             self.admit_waiting = self._admit_lookup_then_admit
         self.cpu = cpu if caching else None
-        if self.cpu is not None:
+        self.shared = shared if caching else None
+        if self.cpu is not None or self.shared is not None:
             pool.spill = array("q") if compiled else []  # type: ignore[assignment]
             self.admit_waiting = self._admit_tiered
+        if self.cpu is not None and self.shared is not None:
+            self.cpu.spill = []
 
     def _admit_lookup_then_admit(self, req: Request, budget: int) -> int:
         """Admit a waiting request with its cached prefix and room for up to ``budget`` new
@@ -132,24 +144,31 @@ class KVCacheManager:
         later step sees)."""
         n = self.pool.leading_run(hashes, len(hashes))
         if self.cpu is not None and n < len(hashes):
-            self._drain()
+            self.drain()
             n += self.cpu.leading_run(hashes, n, len(hashes))
         return n * self.block_size
 
-    # ---- the CPU tier -------------------------------------------------------------------------
-    def _drain(self) -> None:
-        """Store the hashes the GPU pool evicted since the last call in the CPU tier, in order."""
+    # ---- the CPU tier and the shared pool ------------------------------------------------------
+    def drain(self) -> None:
+        """Store the hashes the GPU pool evicted since the last call in the CPU tier, and those
+        that left the last local tier in the shared pool, in order."""
         spill = self.pool.spill
         if spill:
-            assert self.cpu is not None
-            self.cpu.store(spill)
+            below = self.cpu if self.cpu is not None else self.shared
+            assert below is not None
+            below.store(spill)
             del spill[:]
+        if self.cpu is not None and self.shared is not None:
+            spill = self.cpu.spill
+            if spill:
+                self.shared.store(spill)
+                del spill[:]
 
     def _admit_tiered(self, req: Request, budget: int) -> int:
-        """:meth:`admit_waiting` with a CPU tier: as without one, unless the request's cached
-        prefix continues in CPU memory past its GPU hit; then take the GPU hits and a block for
-        each CPU hit and return ``LOADING`` (or -1 if they do not fit). A request already
-        holding loaded blocks goes on from them."""
+        """:meth:`admit_waiting` with a CPU tier or a shared pool: as without them, unless the
+        request's cached prefix continues in CPU memory, or the shared pool, past its GPU hit;
+        then take the GPU hits and a block for each CPU and shared hit and return ``LOADING`` (or
+        -1 if they do not fit). A request already holding loaded blocks goes on from them."""
         if req.blocks:  # its CPU hits have landed (see loaded): admit its next chunk
             n = min(req.num_tokens - req.num_computed, budget)
             ok = self.append(req, n)
@@ -159,12 +178,14 @@ class KVCacheManager:
         hits = self.lookup(req)
         k = len(hits)
         cap = (req.num_tokens - 1) // bs
-        m = 0
+        m = s = 0
         if k < cap:
-            self._drain()
-            assert self.cpu is not None
-            m = self.cpu.leading_run(req.seq.hashes, k, cap)
-        if not m:
+            self.drain()
+            if self.cpu is not None:
+                m = self.cpu.leading_run(req.seq.hashes, k, cap)
+            if self.shared is not None and k + m < cap:
+                s = self.shared.leading_run(req.seq.hashes, k + m, cap)
+        if not m + s:
             n = min(req.num_tokens - k * bs, budget)
             return n if self.admit(req, hits, n) else -1
         need = blocks_for(req.num_tokens, bs) - k  # the CPU hits and the rest of the prompt
@@ -174,21 +195,25 @@ class KVCacheManager:
         table = hits if type(hits) is array else array("q", hits)
         ok = self.pool.allocate_into(table, need)
         assert ok  # checked above
-        self.cpu.take(req.seq.hashes[k : k + m])  # type: ignore[union-attr]
+        if m:
+            self.cpu.take(req.seq.hashes[k : k + m])  # type: ignore[union-attr]
+        if s:
+            self.shared.take(req.seq.hashes[k + m : k + m + s])  # type: ignore[union-attr]
         req.blocks = table
         req.num_cached_blocks = k
         req.num_computed = k * bs
-        req.loading = m
+        req.loading = m + s
+        req.loading_shared = s
         return LOADING
 
     def loaded(self, req: Request) -> None:
-        """The request's CPU hits have crossed to the GPU: hash their blocks (vLLM caches loaded
-        blocks once they land) and count them computed."""
+        """The request's CPU and shared hits have crossed to the GPU: hash their blocks (vLLM
+        caches loaded blocks once they land) and count them computed."""
         k, m = req.num_cached_blocks, req.loading
         self.pool.cache_blocks(req.blocks[k : k + m], req.seq.hashes[k : k + m])
         req.num_cached_blocks = k + m
         req.num_computed = (k + m) * self.block_size
-        req.loading = 0
+        req.loading = req.loading_shared = 0
 
     def free(self, req: Request) -> None:
         """Release a request's blocks deepest-first; hashed ones stay findable until evicted."""

@@ -5,9 +5,9 @@ token) / (output tokens - 1); queueing is arrival to first admission. Hit rate =
 tokens queried, both recorded once, at a request's first admission (re-admissions after
 preemption are not counted again, as in vLLM); ``prefill_reduction`` = prompt tokens served from
 cache / prompt tokens, the same figure by that definition; tokens computed again after a
-preemption are ``recomputed_tokens``, never prefill. ``hit_rate_gpu`` and ``hit_rate_cpu`` split
-the hit rate by the tier that held the tokens (GPU memory, or the CPU tier of
-``engine.cpu_offload_gib``).
+preemption are ``recomputed_tokens``, never prefill. ``hit_rate_gpu``, ``hit_rate_cpu`` and
+``hit_rate_shared`` split the hit rate by the tier that held the tokens (GPU memory, the CPU tier
+of ``engine.cpu_offload_gib``, or the cluster's shared pool of ``cluster.shared_pool_gib``).
 
 Clusters (``replicas`` > 1): request figures are cluster-wide. Engine figures combine the
 replicas (:func:`merge_counters`): steps, preemptions and evictions are summed; KV capacity is
@@ -25,7 +25,8 @@ stopped (``stop_reason``), ``measured_s`` long.
 
 - Whole run: num_requests, num_completed, num_failed, sim_duration_s, stop_reason, preemptions,
   evictions, kv_capacity_*, kv_peak_*, kv_mean_util, mean_batch_size, engine_busy_fraction,
-  num_steps, sim_events, sim_wall_s.
+  num_steps, sim_events, sim_wall_s, sim_mode (the scheduler mode that ran: ``run.mode``, except
+  that a cluster with a shared pool always runs ``reference``).
 - Measured window (requests that arrived in it): num_measured, latency statistics and their
   CIs, prefix_hit_rate, hit_request_share, prefill_tokens_*, prefill_reduction,
   recomputed_tokens, slo_attainment; (completions inside it, per second of it): throughput_rps,
@@ -64,6 +65,7 @@ REQUEST_FIELDS: dict[str, str] = {
     "error": "str",
     "replica": "int",
     "cpu_cached_tokens": "int",
+    "shared_cached_tokens": "int",
 }
 
 _LATENCIES = ("ttft", "tpot", "e2e", "queue")
@@ -106,10 +108,14 @@ SUMMARY_FIELDS: dict[str, str] = {
     "num_steps": "int",
     "sim_events": "int",
     "sim_wall_s": "float",
+    "sim_mode": "str",
     "hit_rate_gpu": "float",
     "hit_rate_cpu": "float",
     "cpu_capacity_blocks": "int",
     "cpu_loaded_blocks": "int",
+    "hit_rate_shared": "float",
+    "shared_capacity_blocks": "int",
+    "shared_loaded_blocks": "int",
     "replicas": "int",
     "request_imbalance": "float",
     "busy_imbalance": "float",
@@ -131,6 +137,7 @@ class Counters:
     evictions: int = 0
     events: int = 0
     cpu_loaded_blocks: int = 0  # blocks copied back from the CPU tier
+    shared_loaded_blocks: int = 0  # blocks copied from the cluster's shared pool
 
 
 def merge_counters(parts: Sequence[Counters]) -> Counters:
@@ -146,6 +153,7 @@ def merge_counters(parts: Sequence[Counters]) -> Counters:
         out.evictions += c.evictions
         out.events += c.events
         out.cpu_loaded_blocks += c.cpu_loaded_blocks
+        out.shared_loaded_blocks += c.shared_loaded_blocks
     return out
 
 
@@ -172,6 +180,7 @@ class RequestRecord:
     error: str = ""
     replica: int = 0  # which replica served it
     cpu_cached_tokens: int = 0  # of cached_tokens, those found in the CPU tier
+    shared_cached_tokens: int = 0  # of cached_tokens, those found in the cluster's shared pool
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,14 +203,17 @@ def summarize(
     wall_s: float,
     known_at: float = math.inf,
     cpu_capacity_blocks: int = 0,
+    shared_capacity_blocks: int = 0,
     replica_counters: Sequence[Counters] | None = None,
+    sim_mode: str = "fast",
 ) -> dict[str, Any]:
     """One flat row with every key of :data:`SUMMARY_FIELDS` (see the module docstring).
     ``stop_s``: when arrivals stopped; ``cache_full_s``: when the KV cache first filled;
     ``known_at``: measure only what was known then (``steady.py``: a run the steady check
     stopped reports what the check saw). ``counters``: the engine's, or the replicas' merged
     (:func:`merge_counters`), in which case ``replica_counters`` gives them one by one;
-    ``capacity_blocks`` and ``cpu_capacity_blocks`` are one replica's."""
+    ``capacity_blocks`` and ``cpu_capacity_blocks`` are one replica's, ``shared_capacity_blocks``
+    the whole cluster's."""
     parts = list(replica_counters) if replica_counters is not None else [counters]
     n = len(parts)
     s = series(columns(records), known_at)
@@ -212,6 +224,7 @@ def summarize(
     hits = int(s.cached[m].sum())
     measured = [r for r, keep in zip(records, m.tolist(), strict=True) if keep]
     cpu_hits = sum(r.cpu_cached_tokens for r in measured) if cpu_capacity_blocks else 0
+    shared_hits = sum(r.shared_cached_tokens for r in measured) if shared_capacity_blocks else 0
     row: dict[str, Any] = {
         "num_requests": len(records),
         "num_completed": sum(r.status == "completed" for r in records),
@@ -241,10 +254,14 @@ def summarize(
         "num_steps": counters.steps,
         "sim_events": counters.events,
         "sim_wall_s": wall_s,
-        "hit_rate_gpu": ratio(hits - cpu_hits, prompt_total),
+        "sim_mode": sim_mode,
+        "hit_rate_gpu": ratio(hits - cpu_hits - shared_hits, prompt_total),
         "hit_rate_cpu": ratio(cpu_hits, prompt_total),
         "cpu_capacity_blocks": cpu_capacity_blocks,
         "cpu_loaded_blocks": counters.cpu_loaded_blocks,
+        "hit_rate_shared": ratio(shared_hits, prompt_total),
+        "shared_capacity_blocks": shared_capacity_blocks,
+        "shared_loaded_blocks": counters.shared_loaded_blocks,
         **_replica_fields(records, measured, parts, prompt_total, hits),
     }
     row = {key: row[key] for key in SUMMARY_FIELDS}

@@ -24,6 +24,7 @@ class Request:
         "num_computed", "num_generated", "blocks", "num_cached_blocks",
         "admitted", "admit_seq", "done", "then_wait_s", "d0", "c0", "g0", "epoch", "member",
         "admit_computed", "high_water", "recomputed", "loading",
+        "loading_shared",
     )
 
     def __init__(
@@ -75,7 +76,8 @@ class Request:
         self.g0 = 0
         self.epoch = 0
         self.member: Any = None  # its phase-bucket entry while a decode member
-        self.loading = 0  # blocks being copied from the CPU tier (see kvcache.py)
+        self.loading = 0  # blocks being copied from the CPU tier or the shared pool (see kvcache.py)
+        self.loading_shared = 0  # ... of them, from the shared pool
 
     @property
     def num_tokens(self) -> int:

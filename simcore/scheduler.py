@@ -51,10 +51,11 @@ class Scheduler:
         # cache's warm-up lasts at least until then (see metrics.py)
         self.cache_full_s: float | None = None
         self.plan: tuple[float, int, float] | None = None  # never set here (see fastforward.py)
-        # requests admitted to wait for CPU tier copies, with when those land (load_time gives
-        # it: the engine's host link); the engine takes them after each advance
+        # requests admitted to wait for copies from the CPU tier or the shared pool, with when
+        # those land (load_time gives it: the engine's links); the engine takes them after each
+        # advance
         self.loads: list[tuple[Request, float]] = []
-        self.load_time: Callable[[float, int], float] | None = None
+        self.load_time: Callable[[float, Request], float] | None = None
         self.in_flight = 0  # requests whose copies have not landed
 
     def has_work(self) -> bool:
@@ -89,7 +90,9 @@ class Scheduler:
                 budget -= n
                 continue
             break
-        if not preempted:
+        if not preempted or not sched:  # (vLLM admits nothing in a step that preempted, but a
+            # step that preempted every running request would run nothing: possible only when
+            # requests whose copies landed hold the blocks, and they need none)
             sched += self._admit_waiting(now, budget)
         if not sched:
             if self.in_flight:  # what could run waits for CPU tier copies: no step until one lands
@@ -118,7 +121,7 @@ class Scheduler:
                 waiting.popleft()  # it waits for its copies outside the batch (see loaded)
                 self._first_admission(req, now)
                 assert self.load_time is not None
-                self.loads.append((req, self.load_time(now, req.loading)))
+                self.loads.append((req, self.load_time(now, req)))
                 self.in_flight += 1
                 continue
             waiting.popleft()
@@ -139,24 +142,29 @@ class Scheduler:
 
     def _first_admission(self, req: Request, now: float) -> None:
         """Hit-rate figures count first admissions only (as vLLM); this one, of a request that
-        waits for CPU tier copies, counts them as hits from CPU memory."""
+        waits for copies, counts them as hits from CPU memory or the shared pool."""
         if not req.admitted:
             req.admitted = True
             req.record.admitted_s = now
-            cpu = req.loading * self.block_size
-            req.record.cached_tokens = req.num_computed + cpu
+            shared = req.loading_shared * self.block_size
+            cpu = req.loading * self.block_size - shared
+            req.record.cached_tokens = req.num_computed + cpu + shared
             req.record.cpu_cached_tokens = cpu
+            req.record.shared_cached_tokens = shared
             if self.cache_full_s is None and self.pool.evictions:
                 self.cache_full_s = now
 
     def loaded(self, req: Request) -> None:
-        """A request's CPU tier copies have landed: it goes back to the head of the queue."""
+        """A request's copies have landed: it goes back to the head of the queue."""
         self.kv.loaded(req)
         self.waiting.appendleft(req)
         self.in_flight -= 1
 
     def _preempt_last(self) -> Request:
-        """Preempt the most recently admitted running request (recompute later)."""
+        """Preempt the most recently admitted running request (recompute later). It goes back
+        to the head of the queue, behind any request whose copies have landed: those hold the
+        blocks of their whole prompt and need none, while the victim needs blocks that they may
+        hold (ahead of them, it could wait forever with nothing running)."""
         _, victim = self.running.popitem()
         self.kv.free(victim)
         # tokens below its high-water mark computed since this admission were computed again
@@ -166,7 +174,14 @@ class Scheduler:
         victim.num_computed = 0
         victim.record.preemptions += 1
         self.counters.preemptions += 1
-        self.waiting.appendleft(victim)
+        waiting = self.waiting
+        if waiting and waiting[0].blocks:  # copies landed (only those wait holding blocks)
+            i = 1
+            while i < len(waiting) and waiting[i].blocks:
+                i += 1
+            waiting.insert(i, victim)
+        else:
+            waiting.appendleft(victim)
         return victim
 
     def _account(self, now: float, tokens: int, attn: int, kv: int, seqs: int) -> float:

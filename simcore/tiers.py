@@ -1,4 +1,8 @@
-"""KV memory beyond the GPU: a CPU tier, an LRU pool of blocks fed by the GPU pool's evictions.
+"""KV memory beyond the GPU: LRU pools of blocks fed by evictions from the tier above.
+
+Two tiers use it: a replica's CPU tier (``engine.cpu_offload_gib``), fed by its GPU pool, and
+the cluster's shared pool (``cluster.shared_pool_gib``, Mooncake-style), fed by what leaves every
+replica's last local tier (its CPU tier's evictions, or its GPU pool's without one).
 
 Mechanism only: what the tier holds, in what order it forgets, and what a lookup finds. Who
 loads a hit back and what the transfer costs belong to the KV manager and the scheduler.
@@ -26,6 +30,17 @@ GPU's; the two agree once the CPU tier is much larger than the GPU pool. The sto
 (device to host) is not timed: both systems run it asynchronously, off the critical path.
 Loads (host to device) are timed by the engine.
 
+The shared pool follows the same policy one level down::
+
+    replica r: GPU pool --> CPU tier (if any) --(its evictions)--> shared pool (one, LRU)
+    a lookup: GPU run, then the CPU run after it, then the shared run after that
+
+Evictions from all replicas enter the one LRU in simulated-time order (each replica stores
+what it evicted right after the step that evicted it, and before any lookup), so the pool's
+order is a property of the simulation, not of the order in which a simulator ran the replicas.
+A shared hit is copied over the network and the GPU's host link (timed by the engine; see
+``costmodel.shared_load_seconds``).
+
 "No room" is not an error here (a store always succeeds by evicting); misuse (a capacity below
 one block) raises ``ValueError``.
 """
@@ -37,8 +52,11 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 
-class CpuTier:
-    """An LRU pool of ``capacity_blocks`` KV blocks (``math.inf``: unbounded), keyed by hash."""
+class LruTier:
+    """An LRU pool of ``capacity_blocks`` KV blocks (``math.inf``: unbounded), keyed by hash.
+
+    ``spill`` (a list, or None): where the hashes it evicts go, in order, for the tier below.
+    """
 
     def __init__(self, capacity_blocks: float) -> None:
         whole = capacity_blocks == math.inf or capacity_blocks == int(capacity_blocks)
@@ -50,6 +68,7 @@ class CpuTier:
         self.refreshed = 0  # stores of a hash it already held (moved to the recent end)
         self.evictions = 0  # hashes it dropped to make room
         self.hit_blocks = 0  # blocks found by lookups that were taken (see :meth:`take`)
+        self.spill: list[int] | None = None
 
     # ---- queries ---------------------------------------------------------------------------
     def num_used(self) -> int:
@@ -81,7 +100,8 @@ class CpuTier:
 
     # ---- mutations -------------------------------------------------------------------------
     def store(self, hashes: Iterable[int]) -> None:
-        """Store hashes the GPU evicted, in eviction order; each becomes the most recently used."""
+        """Store hashes the tier above evicted, in eviction order; each becomes the most recently
+        used. The hashes this evicts to make room go to :attr:`spill` when it is set."""
         lru = self._lru
         cap = self.capacity_blocks
         for h in hashes:
@@ -90,8 +110,10 @@ class CpuTier:
                 self.refreshed += 1
                 continue
             if len(lru) >= cap:
-                lru.popitem(last=False)
+                gone, _ = lru.popitem(last=False)
                 self.evictions += 1
+                if self.spill is not None:
+                    self.spill.append(gone)
             lru[h] = None
             self.stored += 1
 
@@ -106,8 +128,8 @@ class CpuTier:
         """Raise if the bookkeeping is inconsistent (for tests): blocks conserved."""
         used = len(self._lru)
         if used > self.capacity_blocks:
-            raise RuntimeError(f"CPU tier holds {used} blocks, capacity {self.capacity_blocks}")
+            raise RuntimeError(f"tier holds {used} blocks, capacity {self.capacity_blocks}")
         if self.stored - self.evictions != used:
             raise RuntimeError(f"stored {self.stored} - evicted {self.evictions} != held {used}")
         if self.num_used() + self.num_free() != self.capacity_blocks:
-            raise RuntimeError("CPU blocks not conserved: used + free != capacity")
+            raise RuntimeError("tier blocks not conserved: used + free != capacity")

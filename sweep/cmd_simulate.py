@@ -119,6 +119,9 @@ _SECTIONS: list[tuple[str, list[tuple[str, str, str]]]] = [
                   ("from the CPU tier (tokens)", "hit_rate_cpu", "share"),
                   ("CPU tier (blocks)", "cpu_capacity_blocks", "count"),
                   ("blocks copied back", "cpu_loaded_blocks", "count")]),
+    ("shared pool", [("from the shared pool (tokens)", "hit_rate_shared", "share"),
+                     ("shared pool (blocks)", "shared_capacity_blocks", "count"),
+                     ("blocks copied over the network", "shared_loaded_blocks", "count")]),
     ("cluster", [("replicas", "replicas", "count"), ("requests max/mean", "request_imbalance", "number"),
                  ("busy time max/mean", "busy_imbalance", "number"),
                  ("hit rate, lowest replica", "replica_hit_rate_min", "share"),
@@ -140,8 +143,9 @@ def _ci(summary: dict[str, Any], key: str, kind: str) -> str:
 
 def render(cfg: SimConfig, result: RunResult) -> str:
     e = cfg.engine
+    mode = result.summary.get("sim_mode") or cfg.run.mode  # a shared pool runs the reference
     head = (f"{cfg.model.name} on {cfg.gpu.name} x{e.tensor_parallel}, {cfg.workload.kind} workload, "
-            f"prefix caching {e.prefix_caching}, seed {cfg.run.seed}, mode {cfg.run.mode}, "
+            f"prefix caching {e.prefix_caching}, seed {cfg.run.seed}, mode {mode}, "
             f"cost profile {e.cost.profile}")
     if cfg.cluster.replicas > 1:
         head += f", {cfg.cluster.replicas} replicas behind {cfg.cluster.router}"
@@ -151,7 +155,7 @@ def render(cfg: SimConfig, result: RunResult) -> str:
     s = result.summary
     for title, rows in _SECTIONS:
         skip = {"SLO": cfg.run.slo is None, "CPU tier": not s.get("cpu_capacity_blocks"),
-                "cluster": cfg.cluster.replicas == 1}
+                "shared pool": not s.get("shared_capacity_blocks"), "cluster": cfg.cluster.replicas == 1}
         if skip.get(title):
             continue
         lines.append(f"\n{title}")

@@ -142,6 +142,12 @@ CLUSTER_CASES = {
                          "workload": {"kind": "chat", "users": 40, "turns": 4,
                                       "think_time_s": {"kind": "exponential", "mean": 2.0}},
                          "run": {"num_requests": 300}, "cluster": {"replicas": 2, "router": "prefix_aware"}},
+    # little KV, a CPU tier: requests whose copies landed wait holding their prompts' blocks
+    # while the running ones preempt one another (once: nothing left to run, a crash)
+    "offload-preempt": {"engine": {"block_size": 16, "cpu_offload_gib": 0.05, "kv_budget_gib": 0.1,
+                                   "max_model_len": 1600},
+                        "workload": {"kind": "chat", "users": 48, "turns": 4, "system_prompts": 4},
+                        "run": {"num_requests": 200}, "cluster": {"replicas": 3, "router": "prefix_aware"}},
     "affinity-until-steady": {"engine": {"block_size": 16},
                               "workload": {"kind": "chat", "users": 36, "turns": 3, "think_time_s": 0.5},
                               "run": {"until": "steady", "steady": {"ci_rel": 0.2}, "num_requests": 20_000},

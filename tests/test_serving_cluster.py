@@ -113,7 +113,7 @@ def test_one_replica_equals_the_single_engine_field_by_field(router, mode):
     alone = summarize(engine.records, engine.counters, Setting.of(cfg), stop_s=engine.stop_s,
                       stop_reason=engine.stop_reason or "workload ended",
                       cache_full_s=engine.scheduler.cache_full_s, capacity_blocks=num_blocks - 1,
-                      block_size=cfg.engine.block_size, wall_s=0.0)
+                      block_size=cfg.engine.block_size, wall_s=0.0, sim_mode=mode)
     for rec in engine.records:
         rec.warmup = rec.arrival_s < alone["warmup_end_s"]
     got = {k: v for k, v in one.summary.items() if k != "sim_wall_s"}

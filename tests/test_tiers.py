@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simcore.blocks import BlockPool, native_pool_class
-from simcore.tiers import CpuTier
+from simcore.tiers import LruTier
 
 NATIVE = native_pool_class()
 POOLS = [BlockPool] + ([NATIVE] if NATIVE is not None else [])
@@ -21,7 +21,7 @@ def spill_list(pool: BlockPool) -> list[int] | array[int]:
 
 
 def test_store_evicts_least_recently_used_and_refreshes_held_hashes() -> None:
-    tier = CpuTier(3)
+    tier = LruTier(3)
     tier.store([1, 2, 3])
     assert tier.lru_order() == [1, 2, 3]
     tier.store([1])  # held: moved to the recent end, nothing stored
@@ -34,7 +34,7 @@ def test_store_evicts_least_recently_used_and_refreshes_held_hashes() -> None:
 
 
 def test_leading_run_counts_from_start_to_the_first_miss_and_take_touches() -> None:
-    tier = CpuTier(8)
+    tier = LruTier(8)
     tier.store([10, 11, 12, 20])
     chain = [1, 2, 10, 11, 12, 13, 20]
     assert tier.leading_run(chain, 2, len(chain)) == 3  # 10, 11, 12; 13 misses (20 is not reached)
@@ -49,10 +49,10 @@ def test_leading_run_counts_from_start_to_the_first_miss_and_take_touches() -> N
 
 def test_capacity_is_checked() -> None:
     with pytest.raises(ValueError, match=r"capacity_blocks=0: must be a whole number >= 1"):
-        CpuTier(0)
+        LruTier(0)
     with pytest.raises(ValueError, match=r"capacity_blocks=2.5"):
-        CpuTier(2.5)
-    tier = CpuTier(math.inf)
+        LruTier(2.5)
+    tier = LruTier(math.inf)
     tier.store(range(10_000))
     assert tier.num_used() == 10_000 and tier.evictions == 0 and tier.num_free() == math.inf
 
@@ -61,7 +61,7 @@ def test_capacity_is_checked() -> None:
 def test_a_chain_evicted_from_the_gpu_lands_in_the_cpu_tail_first(Pool) -> None:
     pool = Pool(4)  # 3 usable blocks
     pool.spill = spill_list(pool)
-    tier = CpuTier(2)
+    tier = LruTier(2)
     chain = pool.allocate(3)
     pool.cache_blocks(chain, [100, 101, 102])
     pool.free(chain)  # the free queue holds the chain deepest first: 102, 101, 100
@@ -103,7 +103,7 @@ def test_tiers_conserve_blocks_and_cpu_keeps_the_latest_evictions(Pool, operatio
     distinct hashes, up to its capacity (a plain list model of LRU)."""
     pool = Pool(gpu_blocks)
     pool.spill = spill_list(pool)
-    tier = CpuTier(cpu_blocks)
+    tier = LruTier(cpu_blocks)
     model: list[int] = []  # the CPU tier's content by recency, least recent first
     held: list[list[int]] = []
     def drain() -> None:
@@ -247,7 +247,7 @@ def test_blocks_are_conserved_in_both_tiers_after_a_run():
     engine.pool.check_invariants()
     assert engine.pool.num_used() == 0  # every request released its blocks
     assert engine.cpu is not None
-    engine.kv._drain()
+    engine.kv.drain()
     engine.cpu.check_invariants()
     assert engine.cpu.num_used() == engine.cpu.capacity_blocks  # full: it stored more than it holds
     assert engine.cpu.evictions > 0 and engine.counters.cpu_loaded_blocks > 0

@@ -29,8 +29,8 @@ REPLICAS = "cluster.replicas"
 CPU = "engine.cpu_offload_gib"
 CLUSTER_AXES = (ROUTER, REPLICAS, CPU)
 ROUTER_ORDER = ("round_robin", "random", "least_loaded", "session_affinity", "prefix_aware")
-METRICS = ("prefix_hit_rate", "hit_rate_cpu", "ttft_p99_s", "throughput_rps", "request_imbalance",
-           "busy_imbalance")
+METRICS = ("prefix_hit_rate", "hit_rate_cpu", "hit_rate_shared", "ttft_p99_s", "throughput_rps",
+           "request_imbalance", "busy_imbalance")
 _FIGURES = (("prefix_hit_rate", "Prefix-cache hit rate"), ("ttft_p99_s", "TTFT p99"))
 
 
@@ -143,10 +143,11 @@ def _figure(ctx: Context, df: pd.DataFrame, summary: pd.DataFrame, model: str, x
 
 
 def _table(summary: pd.DataFrame, keys: list[str]) -> str:
-    """Every cell: hit rate (and its CPU share), TTFT p99, throughput and load imbalance."""
+    """Every cell: hit rate (and its CPU and shared-pool shares), TTFT p99, throughput and load imbalance."""
     cols = {
         "prefix_hit_rate_mean": ("hit rate", lambda v: pct(v, signed=False)),
         "hit_rate_cpu_mean": ("of it from CPU", lambda v: pct(v, signed=False)),
+        "hit_rate_shared_mean": ("of it from the shared pool", lambda v: pct(v, signed=False)),
         "ttft_p99_s_mean": ("TTFT p99", seconds),
         "throughput_rps_mean": ("requests/s", lambda v: f"{v:.3g}"),
         "request_imbalance_mean": ("requests max/mean", lambda v: f"{v:.2f}"),

@@ -24,6 +24,8 @@ LABELS: dict[str, str] = {
     "engine.block_size": "block size (tokens)",
     "engine.activation_reserve_gib": "activation reserve (GiB)",
     "engine.cpu_offload_gib": "CPU tier (GiB)",
+    "cluster.shared_pool_gib": "shared pool (GiB)",
+    "cluster.network_bandwidth": "network (bytes/s)",
     "cluster.replicas": "replicas",
     "cluster.router": "router",
     "cluster.load_metric": "router load metric",

@@ -300,10 +300,10 @@ def test_a_live_lock_refuses_a_second_writer_and_a_stale_one_is_taken_over(
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs (root only): a disk that fills after two parts."""
+    """A 72 KiB tmpfs (root only): a disk that fills after two parts (of 6 or 7 pages each)."""
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=72k", "tmpfs", str(mount)],
                                            capture_output=True).returncode != 0:
         pytest.skip("mounting a tmpfs needs root")
     try:
@@ -317,7 +317,7 @@ def test_full_disk_stops_with_a_clear_error_and_whole_parts(ray_local: Any, tmpf
     spec = write_spec(tmp_path)
     out = tmpfs / "ds"
     args = ["run", str(spec), "--out", str(out), "--part-rows", "4", "--no-progress"]
-    assert kvsweep(args) == 3  # a part is ~23 KB: the third does not fit
+    assert kvsweep(args) == 3  # a part is ~25 KB: the third does not fit
     err = capsys.readouterr().err
     assert "kvsweep run: stopped after" in err
     message = [line for line in err.splitlines() if line.startswith("kvsweep run: error:")]
