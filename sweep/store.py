@@ -129,6 +129,21 @@ class OutputError(ConfigError):
     raised before any run it is reported like bad input (exit 2)."""
 
 
+def _column_change(found: list[str], schema: pa.Schema | None) -> str:
+    """What the parts' columns lack and add against ``schema`` (a dataset written by another
+    version of kvsweep differs so), for the error; empty when no columns differ by name."""
+    if schema is None:
+        return ""
+    want = set(schema.names)
+    lacks = [c for c in schema.names if c not in set(found)]
+    extra = [c for c in found if c not in want]
+    parts = [f"{label} {', '.join(cols[:4])}{' ...' if len(cols) > 4 else ''}"
+             for label, cols in (("they lack", lacks), ("they add", extra)) if cols]
+    if not parts:
+        return " (same names, other types)"
+    return f" ({'; '.join(parts)}: written by another version of kvsweep?)"
+
+
 def _reason(exc: BaseException) -> str:
     """``No space left on device``: the OS's words when there are some, else the message."""
     text = str(getattr(exc, "strerror", None) or exc)
@@ -397,10 +412,12 @@ class Dataset:
         """
         found = Scan()
         other_schema: list[str] = []
+        other_columns: list[str] = []
         for _, path in self._parts():
             table, why = self._check_part(path, schema)
             if why == "schema":
                 other_schema.append(path)
+                other_columns = other_columns or (table.column_names if table is not None else [])
                 continue
             if table is None:
                 found.damaged.append((path, why))
@@ -414,8 +431,8 @@ class Dataset:
                 else:
                     found.present[run_id] = status
         if other_schema and not found.parts:
-            raise ConfigError(f"--out {self.uri}: runs/ parts have other columns than this sweep writes:"
-                              " choose another --out")
+            raise ConfigError(f"--out {self.uri}: runs/ parts have other columns than this sweep writes"
+                              f"{_column_change(other_columns, schema)}: choose another --out")
         found.damaged += [(p, "its columns differ from the other parts'") for p in other_schema]
         found.damaged.sort()
         return found

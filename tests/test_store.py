@@ -199,6 +199,21 @@ def test_another_spec_in_the_same_out_is_refused(spec: Path, tmp_path: Path,
     assert "holds sweep 'tiny', not 'other': choose another --out" in capsys.readouterr().err
 
 
+def test_a_dataset_of_another_version_is_refused_naming_the_columns(
+        spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Parts written by a kvsweep with other columns (here: one without ``sim_mode``, as before
+    the shared pool) are not resumed into: the error names what they lack."""
+    out = tmp_path / "ds"
+    assert run(spec, out) == 0
+    for part in (out / "runs").glob("*.parquet"):
+        pq.write_table(pq.read_table(part).drop_columns(["sim_mode"]), part)
+    capsys.readouterr()
+    assert run(spec, out) == 2
+    err = capsys.readouterr().err
+    assert "runs/ parts have other columns than this sweep writes (they lack sim_mode:" in err
+    assert "written by another version of kvsweep?): choose another --out" in err
+
+
 def test_temporary_files_are_invisible_and_cleaned_up(spec: Path, tmp_path: Path) -> None:
     out = tmp_path / "ds"
     run(spec, out, "--part-rows", "16")
