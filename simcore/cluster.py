@@ -105,14 +105,18 @@ class SnapshotView:
     def refresh(self) -> None:
         self._gpu, self._cpu = self.engine.held_hashes()
 
-    def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
+    def cached_prefix_tokens(self, hashes: Sequence[int], cpu_weight: float = 1.0) -> float:
         """As :meth:`Engine.cached_prefix_tokens` (GPU run, then its continuation in the CPU
-        tier), on the snapshot."""
+        tier, whose tokens count ``cpu_weight`` each), on the snapshot."""
         n = 0
-        for held in (self._gpu, self._cpu):
-            while n < len(hashes) and hashes[n] in held:
-                n += 1
-        return n * self.block_size
+        gpu = self._gpu
+        while n < len(hashes) and hashes[n] in gpu:
+            n += 1
+        m = n
+        cpu = self._cpu
+        while m < len(hashes) and hashes[m] in cpu:
+            m += 1
+        return (n + cpu_weight * (m - n)) * self.block_size
 
 
 class Cluster:
@@ -150,7 +154,7 @@ class Cluster:
         self._next_check: float = STEADY_FIRST_CHECK
         self.router = None if alone else make_router(
             c.router, seed=cfg.run.seed, load_metric=c.load_metric, prefix_weight=c.prefix_weight,
-            load_weight=c.load_weight,
+            load_weight=c.load_weight, cpu_hit_weight=c.cpu_hit_weight,
         )
         self.views: Sequence[Any] = self.engines
         cache_router = self.router is not None and self.router.uses_cache

@@ -515,6 +515,10 @@ class ClusterConfig(BaseModel):
     )
     prefix_weight: NonNegativeFloat = Field(default=2.0, description="prefix_aware: cached-share weight")
     load_weight: NonNegativeFloat = Field(default=1.0, description="prefix_aware: load-score weight")
+    cpu_hit_weight: NonNegativeFloat = Field(
+        default=0.5, le=1.0, description="prefix_aware: what a cached token found only in a replica's CPU"
+        " tier counts, against 1 for one in its GPU memory (0.5: llm-d's tiered prefix-cache guide)"
+    )
     snapshot_interval_s: PositiveFloat | None = Field(
         default=None, description="prefix_aware sees cache state refreshed this often; None: exact"
     )

@@ -559,8 +559,9 @@ class Engine:
         self.lookahead = start + waits[0][0] if waits else math.inf
 
     # ---- a router's questions (read-only) ------------------------------------------------------
-    def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
-        """Tokens of the longest leading run of ``hashes`` held here (whole blocks).
+    def cached_prefix_tokens(self, hashes: Sequence[int], cpu_weight: float = 1.0) -> float:
+        """Tokens of the longest leading run of ``hashes`` held here (whole blocks; those found
+        only in the CPU tier count ``cpu_weight`` each).
 
         A planned window's steps that started before now count: the blocks they evicted are
         gone (the hashes they added are their members' replies, which no prompt arriving now
@@ -583,9 +584,9 @@ class Engine:
                 if n >= 0:
                     return n * self.kv.block_size
             elif now <= plan[2] and not sched.plan_evictions_before(now):
-                return self.kv.cached_prefix_tokens(hashes)
+                return self.kv.cached_prefix_tokens(hashes, cpu_weight)
             self._settle()
-        return self.kv.cached_prefix_tokens(hashes)
+        return self.kv.cached_prefix_tokens(hashes, cpu_weight)
 
     def held_hashes(self) -> tuple[frozenset[int], frozenset[int]]:
         """Every hash held here now, in GPU memory and in the CPU tier (a router's snapshot: kept

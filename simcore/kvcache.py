@@ -138,14 +138,14 @@ class KVCacheManager:
             self.pool.cache_blocks(req.blocks[start:full], req.seq.hashes[start:full])
             req.num_cached_blocks = full
 
-    def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
+    def cached_prefix_tokens(self, hashes: Sequence[int], cpu_weight: float = 1.0) -> float:
         """Tokens of the longest leading run of ``hashes`` held here, whole blocks, no cap, in
-        GPU memory then continuing in the CPU tier (a router's question; changes no state a
-        later step sees)."""
+        GPU memory then continuing in the CPU tier, whose tokens count ``cpu_weight`` each (a
+        router's question; changes no state a later step sees)."""
         n = self.pool.leading_run(hashes, len(hashes))
         if self.cpu is not None and n < len(hashes):
             self.drain()
-            n += self.cpu.leading_run(hashes, n, len(hashes))
+            return (n + cpu_weight * self.cpu.leading_run(hashes, n, len(hashes))) * self.block_size
         return n * self.block_size
 
     # ---- the CPU tier and the shared pool ------------------------------------------------------

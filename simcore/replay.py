@@ -287,7 +287,8 @@ class _ReplayReplica:
         self.outstanding_tokens = 0
         self.snapshot: frozenset[int] | None = None
 
-    def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
+    def cached_prefix_tokens(self, hashes: Sequence[int], cpu_weight: float = 1.0) -> int:
+        """Tokens of the prompt's leading run held (one tier: ``cpu_weight`` does not apply)."""
         snap = self.snapshot
         if snap is None:
             return self.cache.leading_run(hashes) * self.block_size

@@ -27,7 +27,12 @@ Routers (``ROUTERS``):
   the prompt it would save (llm-d's precise scorer normalises the prefix term min-max across
   pods instead, which turns a one-block difference into a full point; the plain fraction keeps
   a tiny advantage tiny). Equivalently, score = cached prefix minus a load penalty, plus a
-  constant.
+  constant. A token found only in a replica's CPU tier counts ``cpu_hit_weight`` (default 0.5):
+  it must cross PCIe first, and llm-d's tiered prefix-cache guide scores it so (a GPU and a CPU
+  prefix-cache scorer weighted 1:1, the CPU one also seeing GPU-held blocks under vLLM's
+  write-through offload, so a block in GPU memory counts 2 and one only in CPU memory 1;
+  llm-d/llm-d ``guides/tiered-prefix-cache``). Counting both alike piles conversations onto the
+  replicas that hold them (README, "Serving clusters").
 
 Every tie goes to the lowest replica index, so a router is a deterministic function of the
 requests it has seen, the views and its seed.
@@ -72,8 +77,9 @@ class ReplicaView(Protocol):
         """Prompt tokens of those requests."""
         ...
 
-    def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
-        """Tokens of the longest leading run of ``hashes`` it holds (whole blocks)."""
+    def cached_prefix_tokens(self, hashes: Sequence[int], cpu_weight: float = 1.0) -> float:
+        """Tokens of the longest leading run of ``hashes`` it holds (whole blocks): in GPU
+        memory, then continuing in a CPU tier, whose tokens count ``cpu_weight`` each."""
         ...
 
 
@@ -164,13 +170,16 @@ class PrefixAware(Router):
     uses_cache = True
 
     def __init__(
-        self, load_metric: LoadMetric = "requests", prefix_weight: float = 2.0, load_weight: float = 1.0
+        self, load_metric: LoadMetric = "requests", prefix_weight: float = 2.0, load_weight: float = 1.0,
+        cpu_hit_weight: float = 0.5,
     ) -> None:
-        if prefix_weight < 0 or load_weight < 0:
-            raise ValueError(f"prefix_weight={prefix_weight}, load_weight={load_weight}: must be >= 0")
+        if prefix_weight < 0 or load_weight < 0 or not 0 <= cpu_hit_weight <= 1:
+            raise ValueError(f"prefix_weight={prefix_weight}, load_weight={load_weight}, cpu_hit_weight="
+                             f"{cpu_hit_weight}: weights must be >= 0, cpu_hit_weight at most 1")
         self.load_metric = load_metric
         self.prefix_weight = prefix_weight
         self.load_weight = load_weight
+        self.cpu_hit_weight = cpu_hit_weight
 
     def scores(self, req: RouteRequest, replicas: Sequence[ReplicaView]) -> list[float]:
         """Each replica's score (see the module notes); the router takes the highest."""
@@ -179,7 +188,7 @@ class PrefixAware(Router):
         per_token = self.prefix_weight / req.prompt_tokens if req.prompt_tokens > 0 else 0.0
         out = []
         for view, load in zip(replicas, loads, strict=True):
-            cached = view.cached_prefix_tokens(req.hashes) if per_token else 0
+            cached = view.cached_prefix_tokens(req.hashes, self.cpu_hit_weight) if per_token else 0
             free = (top - load) / top if top > 0 else 1.0
             out.append(per_token * cached + self.load_weight * free)
         return out
@@ -194,7 +203,7 @@ ROUTERS: tuple[str, ...] = get_args(RouterName)
 
 def make_router(
     name: str, *, seed: int = 0, load_metric: LoadMetric = "requests", prefix_weight: float = 2.0,
-    load_weight: float = 1.0,
+    load_weight: float = 1.0, cpu_hit_weight: float = 0.5,
 ) -> Router:
     """A fresh router by name (one of :data:`ROUTERS`); raises ValueError for another name."""
     if name == "round_robin":
@@ -206,5 +215,5 @@ def make_router(
     if name == "session_affinity":
         return SessionAffinity(load_metric)
     if name == "prefix_aware":
-        return PrefixAware(load_metric, prefix_weight, load_weight)
+        return PrefixAware(load_metric, prefix_weight, load_weight, cpu_hit_weight)
     raise ValueError(f"router {name!r}: use one of {', '.join(ROUTERS)}")

@@ -17,16 +17,18 @@ class View:
     outstanding_requests: int = 0
     outstanding_tokens: int = 0
     cached: set[int] = field(default_factory=set)
+    cpu: set[int] = field(default_factory=set)  # a CPU tier: continues the GPU run
     asked: int = 0
 
-    def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
+    def cached_prefix_tokens(self, hashes: Sequence[int], cpu_weight: float = 1.0) -> float:
         self.asked += 1
         n = 0
-        for h in hashes:
-            if h not in self.cached:
-                break
+        while n < len(hashes) and hashes[n] in self.cached:
             n += 1
-        return 10 * n
+        m = n
+        while m < len(hashes) and hashes[m] in self.cpu:
+            m += 1
+        return 10 * (n + cpu_weight * (m - n))
 
 
 def req(session: int = -1, hashes: Sequence[int] = (), prompt: int = 100) -> RouteRequest:
@@ -98,6 +100,24 @@ def test_prefix_aware_weights_and_idle_cluster() -> None:
     assert views[0].asked == views[1].asked == 1  # only the first call asked
     with pytest.raises(ValueError, match="must be >= 0"):
         PrefixAware(prefix_weight=-1.0)
+
+
+def test_prefix_aware_counts_cpu_hits_at_their_weight() -> None:
+    # prompt 100 tokens; replica 0 holds blocks 1..4 in GPU memory (40 tokens); replica 1 holds
+    # 1, 2 in GPU memory and 3..7 in its CPU tier (20 + 50 tokens); both idle (load term 1)
+    views = [View(cached={1, 2, 3, 4}), View(cached={1, 2}, cpu={3, 4, 5, 6, 7})]
+    hashes = list(range(1, 11))
+    default = PrefixAware()  # CPU tokens count 0.5: 20 + 25 = 45 > 40
+    assert default.cpu_hit_weight == 0.5
+    assert default.scores(req(hashes=hashes), views) == pytest.approx([2 * 0.4 + 1, 2 * 0.45 + 1])
+    assert default.route(req(hashes=hashes), views) == 1
+    low = PrefixAware(cpu_hit_weight=0.3)  # 20 + 15 = 35 < 40
+    assert low.scores(req(hashes=hashes), views) == pytest.approx([1.8, 2 * 0.35 + 1])
+    assert low.route(req(hashes=hashes), views) == 0
+    assert make_router("prefix_aware", cpu_hit_weight=1.0).scores(req(hashes=hashes), views) == pytest.approx(
+        [1.8, 2 * 0.7 + 1])
+    with pytest.raises(ValueError, match="cpu_hit_weight at most 1"):
+        PrefixAware(cpu_hit_weight=1.5)
 
 
 def test_prefix_aware_with_token_load() -> None:

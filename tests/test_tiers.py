@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simcore.blocks import BlockPool, native_pool_class
+from simcore.kvcache import KVCacheManager
 from simcore.tiers import LruTier
 
 NATIVE = native_pool_class()
@@ -85,6 +86,25 @@ def test_a_hash_held_by_a_second_block_does_not_leave_the_gpu(Pool) -> None:
     pool.free(a)
     pool.allocate(2)  # evicts both blocks; only the second eviction makes 7 leave the pool
     assert list(pool.spill) == [7]
+
+
+@pytest.mark.parametrize("Pool", POOLS, ids=lambda c: c.__name__)
+def test_a_routers_question_counts_cpu_tokens_at_their_weight(Pool) -> None:
+    """GPU memory holds the prompt's first block, the CPU tier its next two: the leading run is
+    1 + 2 blocks, the CPU ones weighted (what prefix_aware's cpu_hit_weight asks for)."""
+    pool = Pool(4)  # 3 usable blocks
+    kv = KVCacheManager(pool, 16, caching=True, cpu=LruTier(8))
+    held = pool.allocate(1)
+    pool.cache_blocks(held, [100])  # stays in GPU memory (held)
+    chain = pool.allocate(2)
+    pool.cache_blocks(chain, [101, 102])
+    pool.free(chain)
+    assert pool.allocate(2) is not None  # evicts 102, 101 to the CPU tier
+    prompt = [100, 101, 102, 103]
+    assert kv.cached_prefix_tokens(prompt) == 16 * 3
+    assert kv.cached_prefix_tokens(prompt, 0.5) == 16 * (1 + 0.5 * 2)
+    assert kv.cached_prefix_tokens(prompt, 0.0) == 16
+    assert kv.cached_prefix_tokens([101, 102], 0.5) == 16 * 0.5 * 2  # no GPU run: all from the CPU
 
 
 ops = st.lists(
