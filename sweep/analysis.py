@@ -55,6 +55,7 @@ CONTEXT_COLUMNS: tuple[str, ...] = (
     "engine.prefix_caching",
     "workload.kind",
     "workload.users",
+    "cluster.replicas",
 )
 METRICS: tuple[str, ...] = tuple(SUMMARY_FIELDS)
 CACHING_AXIS = "engine.prefix_caching"

@@ -79,6 +79,7 @@ CONTEXT_COLUMNS: dict[str, str] = {
     "engine.prefix_caching": "str",
     "workload.kind": "str",
     "workload.users": "int",
+    "cluster.replicas": "int",
 }
 TAIL_COLUMNS: dict[str, str] = {"kvsweep_version": "str", "config_json": "str"}
 STATUSES = ("ok", "no_data", "infeasible", "failed")
@@ -116,6 +117,7 @@ def context_values(cfg: SimConfig) -> dict[str, Any]:
         "engine.prefix_caching": cfg.engine.prefix_caching,
         "workload.kind": cfg.workload.kind,
         "workload.users": getattr(cfg.workload, "users", None),
+        "cluster.replicas": cfg.cluster.replicas,
     }
 
 

@@ -34,6 +34,7 @@ CONTEXT: dict[str, pa.DataType] = {
     "engine.prefix_caching": pa.string(),
     "workload.kind": pa.string(),
     "workload.users": pa.int64(),
+    "cluster.replicas": pa.int64(),
 }
 DEFAULTS: dict[str, Any] = {
     "model.name": "Llama-3.1-8B",
@@ -44,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "engine.prefix_caching": "prefix",
     "workload.kind": "chat",
     "workload.users": 8,
+    "cluster.replicas": 1,
 }
 
 

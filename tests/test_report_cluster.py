@@ -91,3 +91,39 @@ def test_capacity_by_router_at_the_slo(report_dir: Path) -> None:
 def test_only_cluster_sweeps_get_the_section() -> None:
     assert cluster_axes(["workload.users", "engine.prefix_caching"]) == []
     assert cluster_axes(["engine.cpu_offload_gib", "workload.users"]) == ["engine.cpu_offload_gib"]
+
+
+WEIGHTS_SPEC = """\
+name: tiny-weights
+base:
+  model: Llama-3.2-1B
+  gpu: A100-40GB
+  engine: {kv_budget_gib: 0.5, max_model_len: 4096, cpu_offload_gib: 1}
+  workload: {kind: chat, users: 8, turns: 3, system_prompts: 8, system_prompt_tokens: 1000}
+  run: {num_requests: 200, warmup_s: 0}
+  cluster: {replicas: 2}
+grid:
+  cluster.router: [round_robin, prefix_aware]
+  cluster.cpu_hit_weight: [0, 1]
+  workload.users: [8, 16]
+seeds: 1
+"""
+
+
+def test_a_fixed_cpu_tier_and_another_varied_axis(tmp_path: Path) -> None:
+    """The CPU tier and the replica count fixed in the base (no panels by them), a router weight
+    varied: the section is drawn, with a line and a finding per weight, and capacity per GPU
+    counts both replicas."""
+    spec = tmp_path / "w.yaml"
+    spec.write_text(WEIGHTS_SPEC)
+    out = tmp_path / "out"
+    assert cli.main(["run", str(spec), "--out", str(out), "--executor", "serial", "--no-progress"]) == 0
+    assert cli.main(["report", str(out), "--slo", "ttft_p99_s<10"]) == 0
+    page = html_lib.unescape(re.sub(r"<[^>]+>", " ", (out / "report" / "index.html").read_text()))
+    cells = rows(out / "report" / "cluster.csv")
+    assert len(cells) == 8 and "cluster.cpu_hit_weight" in cells[0]
+    for weight in ("0", "1"):
+        where = f"all runs, router weight of CPU hits {weight} at 16 concurrent users"
+        assert f"{where}: hit rate by router" in page
+    overview = rows(out / "report" / "overview.csv")
+    assert {float(r["users_per_gpu"]) for r in overview} == {8.0}  # 16 users meet it, on 2 GPUs

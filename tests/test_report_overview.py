@@ -120,6 +120,19 @@ def test_overview_states_capacity_per_gpu_at_the_slo(tmp_path: Path) -> None:
     assert "H100-SXM-80GB: 8 without caching, 16 with prefix (2.00x) (overview table)." in text
 
 
+@pytest.mark.parametrize(("replicas", "per_gpu"),
+                         [(1, {"off": 8.0, "prefix": 16.0}), (2, {"off": 4.0, "prefix": 8.0})])
+def test_capacity_per_gpu_counts_every_replica(
+        tmp_path: Path, replicas: int, per_gpu: dict[str, float]) -> None:
+    # slo_rows at tensor parallel 2 on `replicas` replicas (the same in every run, so no axis):
+    # 16 and 32 users meet the SLO, over 2 x replicas GPUs
+    rows = [{**r, "cluster.replicas": replicas} for r in slo_rows()]
+    out = write_dataset(tmp_path / "d", rows)
+    report.write_report(out, slo="ttft_p99_s<1")
+    table = pd.read_csv(out / "report" / "overview.csv").set_index("engine.prefix_caching")
+    assert table["users_per_gpu"].to_dict() == per_gpu
+
+
 def test_page_and_explorer_load_with_no_network(big: tuple[Path, str]) -> None:
     out, page = big
     fetched = re.compile(r"""\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.I)

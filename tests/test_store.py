@@ -48,9 +48,9 @@ def test_runs_columns_are_in_the_documented_order() -> None:
     axes = {"workload.users": "int", "engine.block_size": "int", "gpu.memory_gib": "float"}
     cols = list(runs_columns(axes))
     assert cols[:5] == ["run_id", "sweep", "seed", "status", "error"]
-    assert cols[5:13] == list(CONTEXT_COLUMNS)
-    assert cols[13] == "engine.block_size"  # the one axis that is not a context column
-    assert cols[14:-2] == list(SUMMARY_FIELDS)
+    assert cols[5:14] == list(CONTEXT_COLUMNS)
+    assert cols[14] == "engine.block_size"  # the one axis that is not a context column
+    assert cols[15:-2] == list(SUMMARY_FIELDS)
     assert cols[-2:] == ["kvsweep_version", "config_json"]
     assert len(cols) == len(LEAD_COLUMNS) + len(CONTEXT_COLUMNS) + 1 + len(SUMMARY_FIELDS) + len(TAIL_COLUMNS)
 

@@ -4,14 +4,14 @@ memory) that meets the SLO, per GPU, and what caching buys there.
 The boundaries come from ``capacity/`` when the dataset is a capacity search for the same SLO,
 and are otherwise read off the grid (:func:`sweep.capacity.capacity_rows`): along the load axis
 (the most load meeting it) and along the memory axis (the least memory), each stated between
-the two grid values that bracket it. Users per GPU = users / tensor parallel GPUs. Where a
+the two grid values that bracket it. Users per GPU = users / GPUs (tensor parallel x replicas). Where a
 boundary is not bracketed (every value meets, or none), comparisons say "at least" / "at most".
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,8 @@ from sweep.search import LOAD_AXES, RESOURCE_AXES
 from sweep.slo import Limit, Slo
 
 TP = "engine.tensor_parallel"
+REPLICAS = "cluster.replicas"
+GPU_AXES = (TP, REPLICAS)  # a cell's GPUs: tensor parallel x replicas
 _SOURCES = {
     "search": "found by the capacity search (capacity/)",
     "grid": "read off the grid: the true boundary lies between the grid value named and the next one",
@@ -44,6 +46,7 @@ class Capacity:
     goal: str
     source: str  # "search", "grid" or "probes"
     slo: Slo
+    fixed: dict[str, Any] = field(default_factory=dict)  # GPU axes the whole dataset holds at one value
 
     @property
     def cells(self) -> list[str]:
@@ -63,7 +66,7 @@ def capacities(
         searched = Slo.parse(str(stored["slo"].iloc[0]))
         axis, goal = str(stored["axis"].iloc[0]), str(stored["goal"].iloc[0])
         if slo is None or slo.same_as(searched):
-            return [Capacity(stored, axis, goal, "search", searched)]
+            return [Capacity(stored, axis, goal, "search", searched, fixed_gpu_axes(df))]
         return [_from_grid(df, axis, goal, slo, "probes")]
     if slo is None:
         return []
@@ -77,7 +80,26 @@ def capacities(
 
 def _from_grid(df: pd.DataFrame, axis: str, goal: str, slo: Slo, source: str) -> Capacity:
     keys = [c for c in analysis.axes(df) if c != axis]
-    return Capacity(capacity_rows(df, axis, slo, goal, keys), axis, goal, source, slo)
+    return Capacity(capacity_rows(df, axis, slo, goal, keys), axis, goal, source, slo, fixed_gpu_axes(df))
+
+
+def fixed_gpu_axes(df: pd.DataFrame) -> dict[str, Any]:
+    """The GPU-count columns (:data:`GPU_AXES`) that hold one value over the whole dataset: a
+    capacity table names only the axes that vary, yet users per GPU needs them all."""
+    return {c: df[c].dropna().iloc[0] for c in GPU_AXES if c in df and df[c].dropna().nunique() == 1}
+
+
+def gpus(row: pd.Series, fixed: dict[str, Any]) -> float:
+    """GPUs one cell's server uses: tensor parallel x replicas (``fixed`` where the row lacks a
+    column; 1 where neither has it)."""
+    n = 1.0
+    for col in GPU_AXES:
+        value = row.get(col)
+        if value is None or pd.isna(value):
+            value = fixed.get(col)
+        if value is not None and not pd.isna(value):
+            n *= float(value)
+    return n
 
 
 # ---- one boundary, and two compared ----------------------------------------------------------
@@ -89,8 +111,7 @@ def amount(row: pd.Series, cap: Capacity) -> float:
         return np.nan
     if cap.axis not in LOAD_AXES:
         return float(row["boundary"])
-    gpus = row.get(TP, 1)
-    return float(row["boundary"]) / float(1 if gpus is None or pd.isna(gpus) else gpus)
+    return float(row["boundary"]) / gpus(row, cap.fixed)
 
 
 def bound_of(row: pd.Series, cap: Capacity) -> str:

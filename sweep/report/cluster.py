@@ -49,8 +49,34 @@ def router_less(routers: list[Any]) -> bool:
     return routers == [None]
 
 
+def _others(summary: pd.DataFrame, x: str | None) -> list[str]:
+    """The varied axes besides model, load, replicas, CPU tier and router (e.g. a router weight):
+    each of their values gets its own line, named after it."""
+    fixed = {"model.name", x, REPLICAS, CPU, ROUTER}
+    return [c for c in summary.columns if c not in fixed and not c.endswith(("_mean", "_ci95", "_n"))
+            and c not in ("n_runs", "n_ok")]
+
+
+def _combos(frame: pd.DataFrame, others: list[str]) -> list[tuple[Any, ...]]:
+    """The combinations of ``others``' values present, in order ([()] without others)."""
+    if not others:
+        return [()]
+    return sorted({tuple(r) for r in frame[others].itertuples(index=False)}, key=lambda t: tuple(map(str, t)))
+
+
+def _pick(frame: pd.DataFrame, others: list[str], combo: tuple[Any, ...]) -> pd.DataFrame:
+    for col, value in zip(others, combo, strict=True):
+        frame = frame[frame[col] == value]
+    return frame
+
+
+def _combo_name(others: list[str], combo: tuple[Any, ...]) -> str:
+    return ", ".join(f"{label(c)} {num(v)}" for c, v in zip(others, combo, strict=True))
+
+
 def _panels(df: pd.DataFrame) -> list[tuple[Any, Any]]:
-    """(replicas, CPU GiB) of each panel, in order (None where the sweep does not vary it)."""
+    """(replicas, CPU GiB) of each panel, in order (None where the sweep does not vary it: pass
+    the summary, whose columns are the varied axes)."""
     reps = sort_values(df[REPLICAS].dropna().unique().tolist()) if REPLICAS in df else [None]
     cpus = sort_values(df[CPU].dropna().unique().tolist()) if CPU in df else [None]
     return [(r, c) for r in reps for c in cpus]
@@ -106,10 +132,11 @@ def cluster_section(ctx: Context, df: pd.DataFrame, varied: list[str]) -> tuple[
 def _figure(ctx: Context, df: pd.DataFrame, summary: pd.DataFrame, model: str, x: str, metric: str,
             head: str) -> str:
     """``metric`` against load, one panel per (replicas, CPU tier), one line per router."""
-    panels = _panels(df)
-    routers = _routers(df)
+    panels = _panels(summary)
+    routers = _routers(summary)
+    others = _others(summary, x)
     xs = sort_values(df[x].dropna().unique().tolist())
-    state_keys = [c for c in (x, REPLICAS, CPU, ROUTER) if c in df]
+    state_keys = [c for c in (x, REPLICAS, CPU, ROUTER, *others) if c in summary]
     states = {tuple(r[k] for k in state_keys): r["state"] for _, r in cell_states(df, state_keys).iterrows()}
     cols = min(len(panels), 3)
     rows = -(-len(panels) // cols)
@@ -121,12 +148,14 @@ def _figure(ctx: Context, df: pd.DataFrame, summary: pd.DataFrame, model: str, x
         sub = _where(summary, replicas, cpu)
         drawn = []
         alone = replicas == 1 or router_less(routers)
-        for i, router in enumerate(routers[:1] if alone else routers):
-            pick = sub[sub[ROUTER] == router] if router is not None else sub
-            named = {REPLICAS: replicas, CPU: cpu, ROUTER: router}
+        lines_of = [(r, c) for r in (routers[:1] if alone else routers) for c in _combos(sub, others)]
+        for i, (router, combo) in enumerate(lines_of):
+            pick = _pick(sub[sub[ROUTER] == router] if router is not None else sub, others, combo)
+            named = {REPLICAS: replicas, CPU: cpu, ROUTER: router, **dict(zip(others, combo, strict=True))}
             at = {v: states.get(tuple(v if k == x else named[k] for k in state_keys), "unknown")
                   for v in pick[x]}
-            name = "single engine (no router)" if alone else str(router)
+            name = ", ".join(p for p in ("single engine (no router)" if alone else str(router),
+                                         _combo_name(others, combo)) if p)
             # solid lines ("prefix" is the solid style of lines.draw)
             one = lines.series_of(pick, x, metric, pos_of, [name], "prefix", i, at)
             if one is not None:
@@ -165,37 +194,57 @@ def _findings(summary: pd.DataFrame, model: str, x: str | None) -> list[Finding]
     """At the highest load of each panel: the routers' hit rates, and what the CPU tier adds."""
     if "prefix_hit_rate_mean" not in summary or summary.empty:
         return []
-    out: list[str] = []
     top = summary[summary[x] == summary[x].max()] if x is not None else summary
-    reps = sort_values(top[REPLICAS].dropna().unique().tolist()) if REPLICAS in top else [None]
-    cpus = sort_values(top[CPU].dropna().unique().tolist()) if CPU in top else [None]
     load = f" at {num(summary[x].max())} {label(x).lower()}" if x is not None else ""
-    if ROUTER in top:
-        for replicas in reps:
-            if replicas is not None and replicas == 1:
-                continue
-            for cpu in cpus:
-                cell = _where(top, replicas, cpu).dropna(subset=["prefix_hit_rate_mean"])
-                if len(cell) < 2:
+    others = _others(summary, x)
+    out = _router_lines(top, others, load) + _tier_lines(top, others, load)
+    return [Finding(f"{model}: routers and CPU tiers", out)] if out else []
+
+
+def _values(top: pd.DataFrame, axis: str) -> list[Any]:
+    return sort_values(top[axis].dropna().unique().tolist()) if axis in top else [None]
+
+
+def _router_lines(top: pd.DataFrame, others: list[str], load: str) -> list[str]:
+    """Per panel (and value of the other axes): the routers ranked by hit rate."""
+    if ROUTER not in top:
+        return []
+    out = []
+    for replicas in _values(top, REPLICAS):
+        for cpu in _values(top, CPU):
+            for combo in _combos(top, others):
+                cell = _pick(_where(top, replicas, cpu), others, combo)
+                cell = cell.dropna(subset=["prefix_hit_rate_mean"])
+                if replicas == 1 or len(cell) < 2:
                     continue
                 ranked = cell.sort_values("prefix_hit_rate_mean", ascending=False)
                 text = ", ".join(f"{r[ROUTER]} {pct(r['prefix_hit_rate_mean'], signed=False)}"
                                  for _, r in ranked.iterrows())
-                out.append(f"{_panel_title(replicas, cpu)}{load}: hit rate by router {text}.")
-    if CPU in top and top[CPU].nunique() > 1:
-        lo, hi = min(cpus), max(cpus)
-        routers = _routers(top)
-        for replicas in reps:
-            alone = replicas == 1 or router_less(routers)
-            for router in routers[:1] if alone else routers:
-                base, big = _where(top, replicas, lo), _where(top, replicas, hi)
-                if router is not None:
-                    base, big = base[base[ROUTER] == router], big[big[ROUTER] == router]
+                where = ", ".join(p for p in (_panel_title(replicas, cpu), _combo_name(others, combo)) if p)
+                out.append(f"{where}{load}: hit rate by router {text}.")
+    return out
+
+
+def _tier_lines(top: pd.DataFrame, others: list[str], load: str) -> list[str]:
+    """Per replica count, router (and value of the other axes): what the largest CPU tier adds."""
+    if CPU not in top or top[CPU].nunique() < 2:
+        return []
+    cpus = _values(top, CPU)
+    routers = _routers(top)
+    out = []
+    for replicas in _values(top, REPLICAS):
+        alone = replicas == 1 or router_less(routers)
+        for router in routers[:1] if alone else routers:
+            mine = top if router is None else top[top[ROUTER] == router]
+            for combo in _combos(mine, others):
+                base = _pick(_where(mine, replicas, cpus[0]), others, combo)
+                big = _pick(_where(mine, replicas, cpus[-1]), others, combo)
                 if base.empty or big.empty:
                     continue
-                out.append(_tier_line(base.iloc[0], big.iloc[0], hi, load,
-                                      _panel_title(replicas, None) + ("" if alone else f", {router}")))
-    return [Finding(f"{model}: routers and CPU tiers", out)] if out else []
+                where = ", ".join(p for p in (_panel_title(replicas, None), "" if alone else str(router),
+                                              _combo_name(others, combo)) if p)
+                out.append(_tier_line(base.iloc[0], big.iloc[0], cpus[-1], load, where))
+    return out
 
 
 def _tier_line(base: pd.Series, big: pd.Series, gib: Any, load: str, where: str) -> str:
@@ -217,7 +266,8 @@ def _capacity(df: pd.DataFrame, x: str, ctx: Context, model: str, varied: list[s
     rows = capacity_rows(df, x, ctx.slo, "max", keys)
     if rows.empty:
         return ""
-    shown = [c for c in (REPLICAS, CPU, ROUTER) if c in rows]
+    shown = [c for c in (REPLICAS, CPU, ROUTER, *keys) if c in rows]
+    shown = list(dict.fromkeys(shown))
     table = pd.DataFrame({label(c): rows[c].map(num) for c in shown})
     table[f"most {label(x).lower()} within the SLO"] = [
         "none" if pd.isna(b) else (num(b) if br else f">= {num(b)}")

@@ -28,7 +28,7 @@ import pandas as pd
 
 from sweep import analysis
 from sweep.analysis import CACHING_AXIS
-from sweep.report.capacity import TP, Capacity, amount, bound_of, compare_text
+from sweep.report.capacity import TP, Capacity, amount, bound_of, compare_text, fixed_gpu_axes, gpus
 from sweep.report.cells import cell_states
 from sweep.report.fmt import label, listing, num, seconds, setting, sort_values, with_unit
 from sweep.report.roles import BASELINE, Roles, determined, sort_modes
@@ -129,8 +129,9 @@ def _from_runs(df: pd.DataFrame, heads: list[str], others: list[str], load: str 
     if load:
         usable = usable.sort_values(load).groupby(cell_keys, dropna=False, sort=False).tail(1)
     cells = merged[cell_keys].drop_duplicates().merge(usable, on=cell_keys, how="left")
-    gpus = cells[TP].astype(float).fillna(1.0) if TP in cells else 1.0
-    cells["value"] = cells["throughput_rps_mean"] / gpus
+    fixed = fixed_gpu_axes(df)
+    cells["gpus"] = [gpus(r, fixed) for _, r in cells.iterrows()]
+    cells["value"] = cells["throughput_rps_mean"] / cells["gpus"]
     cells["bound"] = ""
     cells = cells.rename(
         columns={
@@ -168,7 +169,7 @@ def overview_rows(hl: Headline) -> pd.DataFrame:
     by = [*hl.heads, *modes]
     spread = hl.cells.assign(_v=hl.cells["value"].where(hl.cells["bound"] != "none", 0.0))
     ranges = spread.groupby(by, dropna=False)["_v"].agg(low="min", high="max").reset_index()
-    keep = [c for c in (*by, "value", "bound", "load", "throughput_rps", "ttft_p99_s") if c in ref]
+    keep = [c for c in (*by, "value", "bound", "load", "gpus", "throughput_rps", "ttft_p99_s") if c in ref]
     rows = ref[keep].merge(ranges, on=by, how="outer")
     return rows.reset_index(drop=True)
 
@@ -264,8 +265,8 @@ def _value_td(hl: Headline, row: pd.Series | None) -> str:
     main = _value_text(value, bound)
     extra = []  # one short line each, under the figure
     if hl.capacity is None and hl.load and pd.notna(row.get("load")):
-        gpus = float(row.get(TP, 1) or 1) if pd.notna(row.get(TP, 1)) else 1.0
-        per = f" ({num(row['load'] / gpus)}/GPU)" if gpus > 1 else ""
+        n = float(row.get("gpus", 1.0)) if pd.notna(row.get("gpus", 1.0)) else 1.0
+        per = f" ({num(row['load'] / n)}/GPU)" if n > 1 else ""
         extra.append(f"at {with_unit(hl.load, row['load'])}{per}, p99 {seconds(row['ttft_p99_s'])}")
     spread = _range_text(float(row.get("low", np.nan)), float(row.get("high", np.nan)))
     if spread:
