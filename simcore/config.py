@@ -526,6 +526,11 @@ class ClusterConfig(BaseModel):
         default=0.0, description="a KV pool shared by all replicas (Mooncake-style), fed by their"
         " evictions; 0: none. Runs in reference mode (see simcore/cluster.py)"
     )
+    shared_pool_policy: Literal["write_through", "on_eviction"] = Field(
+        default="write_through", description="what enters the shared pool: every block a replica"
+        " computes, as it is computed (Mooncake Store, LMCache), or what leaves a replica's last"
+        " local tier (as the CPU tier)"
+    )
     network_bandwidth: PositiveFloat = Field(
         default=25e9, description="effective bandwidth of each GPU's network link to the shared pool,"
         " bytes/s (25e9: a 200 Gb/s RDMA NIC per GPU)"

@@ -162,7 +162,8 @@ class Engine:
         self.cpu = LruTier(blocks) if blocks else None
         self.shared = shared if caching else None  # the cluster's shared pool
         self.kv = KVCacheManager(self.pool, e.block_size, caching, hinted_lookup=fast, cpu=self.cpu,
-                                 shared=self.shared)
+                                 shared=self.shared,
+                                 write_through=cfg.cluster.shared_pool_policy == "write_through")
         cls = FastScheduler if fast else Scheduler
         self.scheduler: Scheduler = cls(
             self.kv, CostModel(cfg), self.counters,

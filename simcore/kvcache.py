@@ -40,16 +40,18 @@ class KVCacheManager:
 
     With a shared pool the lookup goes on past the CPU run (or past the GPU run, without a CPU
     tier): the leading run of the hashes that follow, held in the shared pool; those hits are
-    copied too (``req.loading_shared`` of ``req.loading``). What leaves the last local tier is
-    stored in the shared pool by :meth:`drain`, which the engine calls after every step as
-    well, so the evictions of all replicas enter it in simulated-time order. A router's
+    copied too (``req.loading_shared`` of ``req.loading``). What enters the shared pool
+    (``cluster.shared_pool_policy``): with ``write_through`` (the default) every block as it is
+    hashed here (:meth:`cache_full`, at the step that computes it); with ``on_eviction`` what
+    leaves the last local tier, stored by :meth:`drain`, which the engine calls after every step
+    as well. Either way all replicas' stores enter it in simulated-time order. A router's
     question (:meth:`cached_prefix_tokens`) leaves the shared pool out: every replica reaches
     it alike.
     """
 
     def __init__(
         self, pool: BlockPool, block_size: int, caching: bool, hinted_lookup: bool = False,
-        cpu: LruTier | None = None, shared: LruTier | None = None,
+        cpu: LruTier | None = None, shared: LruTier | None = None, write_through: bool = False,
     ) -> None:
         self.pool = pool
         self.block_size = block_size
@@ -64,10 +66,15 @@ class KVCacheManager:
             self.admit_waiting = self._admit_lookup_then_admit
         self.cpu = cpu if caching else None
         self.shared = shared if caching else None
-        if self.cpu is not None or self.shared is not None:
+        # write-through: every block hashed here is stored in the shared pool at once (cache_full)
+        # and nothing is stored there on eviction
+        self.write_through = write_through and self.shared is not None
+        evictions_go_down = self.cpu is not None or (self.shared is not None and not self.write_through)
+        if evictions_go_down:
             pool.spill = array("q") if compiled else []  # type: ignore[assignment]
+        if self.cpu is not None or self.shared is not None:
             self.admit_waiting = self._admit_tiered
-        if self.cpu is not None and self.shared is not None:
+        if self.cpu is not None and self.shared is not None and not self.write_through:
             self.cpu.spill = []
 
     def _admit_lookup_then_admit(self, req: Request, budget: int) -> int:
@@ -137,6 +144,8 @@ class KVCacheManager:
             start = req.num_cached_blocks
             self.pool.cache_blocks(req.blocks[start:full], req.seq.hashes[start:full])
             req.num_cached_blocks = full
+            if self.write_through:
+                self.shared.store(req.seq.hashes[start:full])  # type: ignore[union-attr]
 
     def cached_prefix_tokens(self, hashes: Sequence[int], cpu_weight: float = 1.0) -> float:
         """Tokens of the longest leading run of ``hashes`` held here, whole blocks, no cap, in

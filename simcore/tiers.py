@@ -30,14 +30,20 @@ GPU's; the two agree once the CPU tier is much larger than the GPU pool. The sto
 (device to host) is not timed: both systems run it asynchronously, off the critical path.
 Loads (host to device) are timed by the engine.
 
-The shared pool follows the same policy one level down::
+The shared pool (``cluster.shared_pool_policy``) is written through by default, as Mooncake
+Store and LMCache do: every block a replica computes is stored in it (as most recently used) by
+the step that computes it, so a conversation that moves to another replica finds its history
+there even while its old replica still holds it. With ``on_eviction`` it follows the CPU tier's
+policy one level down instead::
 
-    replica r: GPU pool --> CPU tier (if any) --(its evictions)--> shared pool (one, LRU)
-    a lookup: GPU run, then the CPU run after it, then the shared run after that
+    write_through: replica r computes a block --> shared pool (one, LRU)
+    on_eviction:   replica r: GPU pool --> CPU tier (if any) --(its evictions)--> shared pool
+    a lookup (both): GPU run, then the CPU run after it, then the shared run after that
 
-Evictions from all replicas enter the one LRU in simulated-time order (each replica stores
-what it evicted right after the step that evicted it, and before any lookup), so the pool's
-order is a property of the simulation, not of the order in which a simulator ran the replicas.
+The stores of all replicas enter the one LRU in simulated-time order (each replica stores at
+the step that computes or evicts, before any later lookup), so the pool's order is a property
+of the simulation, not of the order in which a simulator ran the replicas. The write traffic is
+not timed (asynchronous, as for the CPU tier).
 A shared hit is copied over the network and the GPU's host link (timed by the engine; see
 ``costmodel.shared_load_seconds``).
 

@@ -149,6 +149,8 @@ def render(cfg: SimConfig, result: RunResult) -> str:
             f"cost profile {e.cost.profile}")
     if cfg.cluster.replicas > 1:
         head += f", {cfg.cluster.replicas} replicas behind {cfg.cluster.router}"
+    if result.summary.get("shared_capacity_blocks"):
+        head += f", shared pool {cfg.cluster.shared_pool_gib:g} GiB ({cfg.cluster.shared_pool_policy})"
     if result.status == "infeasible":
         return f"{head}\nstatus: {result.status}: {result.error}"
     lines = [head] + ([f"status: {result.status}: {result.error}"] if result.status != "ok" else [])

@@ -37,12 +37,13 @@ SCRIPT = [
 ]
 
 
-def shared_cfg(shared_blocks: int, cpu_blocks: int = 0, network: float = 25e9, mode: str = "fast") -> Any:
+def shared_cfg(shared_blocks: int, cpu_blocks: int = 0, network: float = 25e9, mode: str = "fast",
+               policy: str | None = "on_eviction") -> Any:
+    """The hand-worked cases' cluster; ``policy`` None leaves ``shared_pool_policy`` at its default."""
+    cluster = {"replicas": 2, "router": "round_robin", "shared_pool_gib": shared_blocks * BLOCK_BYTES / 2**30,
+               "network_bandwidth": network, **({"shared_pool_policy": policy} if policy else {})}
     return small_cfg(engine={"block_size": 4, "cpu_offload_gib": cpu_blocks * BLOCK_BYTES / 2**30},
-                     cluster={"replicas": 2, "router": "round_robin",
-                              "shared_pool_gib": shared_blocks * BLOCK_BYTES / 2**30,
-                              "network_bandwidth": network},
-                     run={"num_requests": 10, "mode": mode})
+                     cluster=cluster, run={"num_requests": 10, "mode": mode})
 
 
 def run_cluster_script(cfg: Any, script: list[Scripted]) -> tuple[Cluster, list[RequestRecord]]:
@@ -77,6 +78,33 @@ def test_a_block_one_replica_lost_is_found_by_another_in_the_shared_pool(mode):
     # without the pool B and E compute everything
     c0, recs0 = run_cluster_script(shared_cfg(0, mode=mode), SCRIPT)
     assert c0.shared is None and [r.cached_tokens for r in recs0] == [0] * 5
+
+
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_written_through_the_pool_holds_what_replicas_computed_until_lru_drops_it(mode):
+    # the default policy: every block is stored as it is computed (16-block pool). A: h1..h8;
+    # D: d1; C: c1..c15, which pushes h1..h8 out (least recently used); B (replica 1) finds no h1
+    # and computes h1..h8 b9 b10, pushing out d1 c1..c9; E (replica 0, whose GPU lost h1..h8 to C)
+    # finds h1..h8 in the pool, written by B, and computes e9 e10
+    c, recs = run_cluster_script(shared_cfg(16, mode=mode, policy=None), SCRIPT)
+    assert c.cfg.cluster.shared_pool_policy == "write_through"
+    assert [r.cached_tokens for r in recs] == [0, 0, 0, 0, 32]
+    assert [r.shared_cached_tokens for r in recs] == [0, 0, 0, 0, 32]
+    assert c.shared is not None and c.shared.hit_blocks == 8
+    # stored: A 8, D 1, C 15, B 10, E 2 (its own 9th and 10th; the 8 it loaded are only touched)
+    assert c.shared.stored == 8 + 1 + 15 + 10 + 2 and c.shared.evictions == 36 - 16
+    assert c.shared.lru_order()[-10:] == recs_hashes(c, 4)  # E's: h1..h8 touched, then e9, e10
+    c.shared.check_invariants()
+
+
+def recs_hashes(c: Cluster, request_id: int) -> list[int]:
+    """The hashes of a scripted request's full blocks, as the engine that served it computed them
+    (rebuilt from the script: the same content gives the same hashes)."""
+    item = SCRIPT[request_id]
+    seq = TokenSeq(c.cfg.engine.block_size, item.root)
+    for cid, length in item.segments:
+        seq.append(cid, length)
+    return list(seq.ensure_hashes(seq.num_tokens))
 
 
 def test_a_shared_hit_costs_its_copy_over_the_slower_of_network_and_host_link():

@@ -25,6 +25,7 @@ LABELS: dict[str, str] = {
     "engine.activation_reserve_gib": "activation reserve (GiB)",
     "engine.cpu_offload_gib": "CPU tier (GiB)",
     "cluster.shared_pool_gib": "shared pool (GiB)",
+    "cluster.shared_pool_policy": "shared pool writes",
     "cluster.network_bandwidth": "network (bytes/s)",
     "cluster.replicas": "replicas",
     "cluster.router": "router",
