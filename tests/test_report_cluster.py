@@ -7,11 +7,12 @@ import html as html_lib
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from PIL import Image
 
 from sweep import cli
-from sweep.report.cluster import cluster_axes
+from sweep.report.cluster import _line_name, cluster_axes
 
 SPEC = """\
 name: tiny-cluster
@@ -127,3 +128,11 @@ def test_a_fixed_cpu_tier_and_another_varied_axis(tmp_path: Path) -> None:
         assert f"{where}: hit rate by router" in page
     overview = rows(out / "report" / "overview.csv")
     assert {float(r["users_per_gpu"]) for r in overview} == {8.0}  # 16 users meet it, on 2 GPUs
+
+
+def test_a_line_is_named_after_its_router_even_when_the_sweep_fixes_it() -> None:
+    fixed = pd.DataFrame({"cluster.replicas": [2, 2], "cluster.router": ["prefix_aware"] * 2})
+    assert _line_name(fixed, None, None) == "prefix_aware"  # replicas and router both fixed
+    assert _line_name(fixed, 4, "round_robin") == "round_robin"
+    assert _line_name(fixed, 1, "round_robin") == "single engine (no router)"
+    assert _line_name(pd.DataFrame({"cluster.replicas": [1, 1]}), None, None) == "single engine (no router)"

@@ -154,8 +154,7 @@ def _figure(ctx: Context, df: pd.DataFrame, summary: pd.DataFrame, model: str, x
             named = {REPLICAS: replicas, CPU: cpu, ROUTER: router, **dict(zip(others, combo, strict=True))}
             at = {v: states.get(tuple(v if k == x else named[k] for k in state_keys), "unknown")
                   for v in pick[x]}
-            name = ", ".join(p for p in ("single engine (no router)" if alone else str(router),
-                                         _combo_name(others, combo)) if p)
+            name = ", ".join(p for p in (_line_name(df, replicas, router), _combo_name(others, combo)) if p)
             # solid lines ("prefix" is the solid style of lines.draw)
             one = lines.series_of(pick, x, metric, pos_of, [name], "prefix", i, at)
             if one is not None:
@@ -169,6 +168,21 @@ def _figure(ctx: Context, df: pd.DataFrame, summary: pd.DataFrame, model: str, x
                  fontsize=12)
     name = ctx.save(fig, f"{slug(model)}-routers-{metric.removesuffix('_s').replace('_', '-')}")
     return f"<h3>{html.escape(model)}: {html.escape(head)} by router</h3>" + img(name, f"{head} by router")
+
+
+def _only(df: pd.DataFrame, col: str) -> Any:
+    """The one value ``col`` holds over ``df`` (None if it holds several, or is not a column)."""
+    values = df[col].dropna().unique().tolist() if col in df else []
+    return values[0] if len(values) == 1 else None
+
+
+def _line_name(df: pd.DataFrame, replicas: Any, router: Any) -> str:
+    """A line's name: the single engine's, or its router's (the sweep's one router when it
+    does not vary it)."""
+    if (replicas if replicas is not None else _only(df, REPLICAS)) == 1:
+        return "single engine (no router)"
+    router = router if router is not None else _only(df, ROUTER)
+    return str(router) if router is not None else "replicas behind the router"
 
 
 def _table(summary: pd.DataFrame, keys: list[str]) -> str:
