@@ -23,13 +23,14 @@ copies (``kvcache.LOADING``); they cross the replica's host link one copy at a t
 back to the head of the queue with those tokens computed. Only that request waits.
 
 Shared pool (``cluster.shared_pool_gib``, ``simcore/tiers.py``): one pool for all replicas,
-fed by what leaves each replica's last local tier; a request's cached prefix may continue there
+written through by every block a replica computes (or, ``shared_pool_policy: on_eviction``,
+fed by what leaves each replica's last local tier); a request's cached prefix may continue there
 past its GPU and CPU runs. Its shared hits cross the network and the GPU's host link at the
 slower of the two (``costmodel.shared_load_seconds``), in the same copy as its CPU hits, queued
-on the same link (a replica's copies take it one at a time). Every step stores what it evicted
-in the pool before the next event (:meth:`KVCacheManager.drain`), so evictions of all replicas
-enter it in simulated-time order; the cluster runs such a run in reference mode (see
-``simcore/cluster.py``).
+on the same link (a replica's copies take it one at a time). Every step stores what it computed
+(or evicted, :meth:`KVCacheManager.drain`) in the pool before the next event, so the stores of
+all replicas enter it in simulated-time order; the cluster runs such a run in reference mode
+(see ``simcore/cluster.py``).
 """
 
 from __future__ import annotations
@@ -243,7 +244,7 @@ class Engine:
             req.record.finish_s = now
             req.done.succeed(False)
             return req.done
-        cut = self.scheduler.plan is not None or (self._defer and self.next_start < now)  # _behind
+        cut = self._behind(now)
         if cut:
             self._cut()
         self._outstanding_requests += 1
@@ -517,7 +518,7 @@ class Engine:
         sched = self.scheduler
         now = self.env.now
         if sched.plan is None:
-            if self._defer and self.next_start < now:
+            if self._behind(now):  # a deferred next step
                 self._settle()
             return ()
         assert isinstance(sched, FastScheduler)  # only it plans windows
@@ -573,7 +574,7 @@ class Engine:
         plan = sched.plan
         now = self.env.now
         if plan is None:
-            if self._defer and self.next_start < now:  # a deferred next step
+            if self._behind(now):  # a deferred next step
                 self._settle()
         elif now > plan[0]:
             assert isinstance(sched, FastScheduler)  # only it plans windows

@@ -159,8 +159,8 @@ class KVCacheManager:
 
     # ---- the CPU tier and the shared pool ------------------------------------------------------
     def drain(self) -> None:
-        """Store the hashes the GPU pool evicted since the last call in the CPU tier, and those
-        that left the last local tier in the shared pool, in order."""
+        """Store the hashes the GPU pool evicted since the last call in the CPU tier, and, with a
+        shared pool fed on eviction, those that left the last local tier in it, in order."""
         spill = self.pool.spill
         if spill:
             below = self.cpu if self.cpu is not None else self.shared

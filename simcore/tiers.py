@@ -1,8 +1,8 @@
-"""KV memory beyond the GPU: LRU pools of blocks fed by evictions from the tier above.
+"""KV memory beyond the GPU: LRU pools of blocks.
 
-Two tiers use it: a replica's CPU tier (``engine.cpu_offload_gib``), fed by its GPU pool, and
-the cluster's shared pool (``cluster.shared_pool_gib``, Mooncake-style), fed by what leaves every
-replica's last local tier (its CPU tier's evictions, or its GPU pool's without one).
+Two tiers use it: a replica's CPU tier (``engine.cpu_offload_gib``), fed by its GPU pool's
+evictions, and the cluster's shared pool (``cluster.shared_pool_gib``, Mooncake-style), written
+through by every replica (or fed by what leaves every replica's last local tier: see below).
 
 Mechanism only: what the tier holds, in what order it forgets, and what a lookup finds. Who
 loads a hit back and what the transfer costs belong to the KV manager and the scheduler.
