@@ -76,13 +76,14 @@ def run_cluster(path: str, requests: int, replicas: int, router: str) -> dict[st
     return {"wall_s": wall, "us_per_req": 1e6 * wall / s["num_completed"], "hit_rate": s["prefix_hit_rate"]}
 
 
-def run_interleaved(path: str, requests: int, replicas: int, interleave: bool = True) -> dict[str, float]:
+def run_interleaved(path: str, requests: int, replicas: int, switch_s: float = 0.0) -> dict[str, float]:
     """The floor under a cluster's cost: ``replicas`` independent single engines (the scenario
     each, seeds 0, 1, ...), stepped together in simulated-time order, event by event, as a
     cluster's replicas run. No router, no cluster bookkeeping: what it costs over one engine per
     request is what touching N engines' memory in turn costs (their caches, block pools and
-    requests no longer fit the CPU's caches together). With ``interleave`` false the same
-    engines run one after another (the control: it costs about one engine per request)."""
+    requests no longer fit the CPU's caches together). ``switch_s`` > 0 runs each engine on
+    for that much simulated time before the next takes over (``scripts/bench_floor.py``); with
+    ``math.inf`` the engines run one after another (the control: about one engine per request)."""
     import heapq
 
     from simcore.costmodel import kv_capacity_blocks
@@ -99,12 +100,16 @@ def run_interleaved(path: str, requests: int, replicas: int, interleave: bool = 
         Workload(cfg).start(engine)
         engines.append((engine, cfg))
     envs = [e.env for e, _ in engines]
-    if not interleave:
+    inf = float("inf")
+    until = switch_s  # each engine in turn up to the next multiple of switch_s (inf: to its end)
+    while switch_s > 0 and any(env.peek() < inf for env in envs):
         for env in envs:
-            env.run()
+            while env.peek() <= until and env.peek() < inf:
+                env.step()
+        until += switch_s
     due = [(env.peek(), i) for i, env in enumerate(envs)]
     heapq.heapify(due)
-    while due[0][0] < float("inf"):
+    while due[0][0] < inf:
         env = envs[due[0][1]]
         env.step()
         heapq.heapreplace(due, (env.peek(), due[0][1]))
@@ -147,13 +152,13 @@ def cluster_bench(path: str, requests: int, replicas: int, routers: list[str], r
         us = statistics.median(r["us_per_req"] for r in rows[router])
         hit = statistics.median(r["hit_rate"] for r in rows[router])
         print(f"  {replicas} x {router:<17}{us:6.1f} us/request | hit rate {hit:.4f} | {us / base:.2f}x one "
-              "replica per request (target 1.3x)")
+              f"replica per request (target 1.3x) | {us / floor:.2f}x the floor")
 
 
 def run_cluster_or_floor(path: str, requests: int, replicas: int, router: str) -> dict[str, float]:
     """:func:`run_cluster`, or for router ``interleaved`` / ``sequential`` :func:`run_interleaved`."""
     if router in ("interleaved", "sequential"):
-        return run_interleaved(path, requests, replicas, interleave=router == "interleaved")
+        return run_interleaved(path, requests, replicas, 0.0 if router == "interleaved" else float("inf"))
     return run_cluster(path, requests, replicas, router)
 
 

@@ -42,14 +42,17 @@ Which router is used does not change the horizon: in the standard chat scenario 
 runs end at a planned window every time, so a narrower horizon (only the events that could
 reach it) would save nothing.
 
-A shared pool (``cluster.shared_pool_gib``) runs the cluster in reference mode, whatever
-``run.mode`` says (the summary's ``sim_mode`` tells which ran). Its LRU order is the order in
-which all replicas' evictions happen, and every lookup sees every eviction made before it, in
-simulated time; lazy replicas run their steps late, at a cut, so their evictions (and the
-lookups of the requests they admit) would enter the pool out of that order, and a replica's
-cache could no longer be answered for without settling all the others. The reference mode
-runs every replica's steps in simulated-time order, so the pool's state is exact; it is several
-times slower than fast mode (it computes every decode step).
+Eager replicas (a shared pool, ``cluster.shared_pool_gib``). The pool's LRU order is the
+order in which all replicas' stores happen, and every lookup sees every store made before it,
+in simulated time; lazy replicas run their steps late, at a cut, so their stores (and the
+lookups of the requests they admit) would enter the pool out of that order. So with a shared
+pool the replicas are eager: each runs its fast paths only up to the next event in the
+environment, the other replicas' steps included, as a single engine does alone. Every step
+then starts before any other replica's next step, and a step stores in the pool when it starts
+(in the reference's order within the step, ``FastScheduler``), so the pool sees the reference's
+stores and lookups in the reference's order: fast mode still equals reference mode, and it is
+several times faster (its decode steps cost O(1) per step, not O(batch)), but slower than lazy
+replicas (a replica's windows end at every other replica's step).
 
 When arrivals stop. With several replicas the cluster decides (an engine sees only its own
 completions): at the request count, at the duration, or (``until: steady``) at the finish of
@@ -124,8 +127,6 @@ class Cluster:
 
     def __init__(self, cfg: SimConfig, num_blocks: int, wall_limit_s: float | None = None) -> None:
         shared_blocks = shared_pool_blocks(cfg)
-        if shared_blocks and cfg.run.mode != "reference":  # exact only step by step (module notes)
-            cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"mode": "reference"})})
         self.cfg = cfg
         self.shared = LruTier(shared_blocks) if shared_blocks else None
         c = cfg.cluster
@@ -137,9 +138,12 @@ class Cluster:
         n = c.replicas
         alone = n == 1
         steady = cfg.until_steady and not alone  # the cluster decides; engines report completions
+        # lazy replicas (module notes); eager ones (a shared pool) run up to the next event
+        self._lazy = not alone and self.shared is None
         self.engines = [
             Engine(cfg, num_blocks, wall_limit_s, env=self.env, records=self.records, replica=i,
-                   horizon=None if alone else self._horizon_for(i), note=None if alone else self._note,
+                   horizon=self._horizon_for(i) if self._lazy else None,
+                   note=self._note if self._lazy else None,
                    on_finished=self._finished if steady else None, decides_stop=alone, shared=self.shared)
             for i in range(n)
         ]
@@ -260,8 +264,14 @@ class Cluster:
 
     # ---- fast mode across replicas ------------------------------------------------------------
     def _note(self, t: float) -> None:
-        """A workload event is scheduled at ``t``: no engine may run past it unexamined."""
-        heapq.heappush(self._pending, t)
+        """A workload event is scheduled at ``t``: no lazy engine may run past it unexamined
+        (and the snapshots go on while one is ahead)."""
+        pending = self._pending
+        heapq.heappush(pending, t)
+        if not self._lazy:  # no horizon pops the past: drop it here
+            now = self.env.now
+            while pending[0] < now:
+                heapq.heappop(pending)
 
     def _horizon_for(self, i: int) -> Callable[[], float]:
         """Engine ``i``'s horizon (module notes), as a function of the moment it is asked."""

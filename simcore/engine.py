@@ -29,8 +29,9 @@ past its GPU and CPU runs. Its shared hits cross the network and the GPU's host 
 slower of the two (``costmodel.shared_load_seconds``), in the same copy as its CPU hits, queued
 on the same link (a replica's copies take it one at a time). Every step stores what it computed
 (or evicted, :meth:`KVCacheManager.drain`) in the pool before the next event, so the stores of
-all replicas enter it in simulated-time order; the cluster runs such a run in reference mode
-(see ``simcore/cluster.py``).
+all replicas enter it in simulated-time order; in fast mode the cluster's replicas are then
+eager, each run only up to the next event (see ``simcore/cluster.py``), and a fast step stores
+in the reference's order (``FastScheduler``).
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ a request that finished (its client may submit again then). The engine loop woul
 the same calls one by one with nothing happening in between, so the result is the same with
 fewer SimPy events.
 
+A shared pool written through (``cluster.shared_pool_gib``) takes every hash a step adds, in the
+reference's order: step by step, and within a step in admission order (members and prefill
+chunks merged, then the step's admissions); the window's block events then run in Python,
+where that order is at hand.
+
 *Planned windows* (``tentative``, for a replica of a cluster, where every routing anywhere is
 an outside event): a window is not run up to the horizon but *planned* to its natural end
 (first finish, or the free-block bound) without touching any state; the engine runs it
@@ -75,8 +80,11 @@ class FastScheduler(Scheduler):
         self._first_pending: list[Request] = []  # members whose next token is their first
         # the compiled twin of _block_events, when the pool is the compiled one
         mod = native.NATIVE
+        # a shared pool written through takes every hash a step adds, in the step's order
+        self._shared_store = self.kv.shared.store if self.kv.write_through else None  # type: ignore[union-attr]
         self._native_events = (
-            mod.decode_block_events if mod is not None and isinstance(self.pool, mod.CBlockPool) else None
+            mod.decode_block_events if mod is not None and isinstance(self.pool, mod.CBlockPool)
+            and self._shared_store is None else None
         )
         self._steps_fn = decode_steps if mod is None else mod.decode_steps
         self.tentative = False  # plan windows instead of running them (see the module notes)
@@ -145,6 +153,8 @@ class FastScheduler(Scheduler):
                 hashes.append(chain[j])
         if blocks:
             self.pool.cache_blocks(blocks, hashes)
+            if self._shared_store is not None:
+                self._shared_store(hashes)
 
     def _allocs_at(self, step: int) -> int:
         return len(self._phase[-step % self.block_size])
@@ -427,6 +437,8 @@ class FastScheduler(Scheduler):
             else:
                 j = (req.c0 + step - req.d0 + 1) // bs - 1
                 self.pool.cache_block(req.blocks[j], req.seq.hashes[j])
+                if self._shared_store is not None:
+                    self._shared_store((req.seq.hashes[j],))
 
     def _preempt_last(self) -> Request:
         victim = super()._preempt_last()

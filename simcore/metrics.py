@@ -25,8 +25,7 @@ stopped (``stop_reason``), ``measured_s`` long.
 
 - Whole run: num_requests, num_completed, num_failed, sim_duration_s, stop_reason, preemptions,
   evictions, kv_capacity_*, kv_peak_*, kv_mean_util, mean_batch_size, engine_busy_fraction,
-  num_steps, sim_events, sim_wall_s, sim_mode (the scheduler mode that ran: ``run.mode``, except
-  that a cluster with a shared pool always runs ``reference``).
+  num_steps, sim_events, sim_wall_s, sim_mode (the scheduler mode that ran: ``run.mode``).
 - Measured window (requests that arrived in it): num_measured, latency statistics and their
   CIs, prefix_hit_rate, hit_request_share, prefill_tokens_*, prefill_reduction,
   recomputed_tokens, slo_attainment; (completions inside it, per second of it): throughput_rps,

@@ -143,7 +143,7 @@ def _ci(summary: dict[str, Any], key: str, kind: str) -> str:
 
 def render(cfg: SimConfig, result: RunResult) -> str:
     e = cfg.engine
-    mode = result.summary.get("sim_mode") or cfg.run.mode  # a shared pool runs the reference
+    mode = result.summary.get("sim_mode") or cfg.run.mode  # (the mode that ran)
     head = (f"{cfg.model.name} on {cfg.gpu.name} x{e.tensor_parallel}, {cfg.workload.kind} workload, "
             f"prefix caching {e.prefix_caching}, seed {cfg.run.seed}, mode {mode}, "
             f"cost profile {e.cost.profile}")

@@ -163,6 +163,28 @@ CLUSTER_CASES = {
     "least-think0": {"engine": {"block_size": 8, "max_num_seqs": 8},
                      "workload": {"kind": "chat", "users": 24, "turns": 2},
                      "run": {"num_requests": 200}, "cluster": {"replicas": 2, "router": "least_loaded"}},
+    # a shared pool (eager replicas): every replica's stores and lookups in the reference's order
+    "shared-write-through": {"engine": {"block_size": 16, "kv_budget_gib": 0.05, "max_model_len": 1600},
+                             "workload": {"kind": "chat", "users": 48, "turns": 4,
+                                          "think_time_s": {"kind": "exponential", "mean": 2.0}},
+                             "run": {"num_requests": 400},
+                             "cluster": {"replicas": 4, "router": "round_robin", "shared_pool_gib": 0.1}},
+    "shared-on-eviction-cpu": {"engine": {"block_size": 16, "kv_budget_gib": 0.05, "max_model_len": 1600,
+                                          "cpu_offload_gib": 0.02},
+                               "workload": {"kind": "chat", "users": 48, "turns": 4,
+                                            "think_time_s": {"kind": "exponential", "mean": 2.0}},
+                               "run": {"num_requests": 400},
+                               "cluster": {"replicas": 3, "router": "random", "shared_pool_gib": 0.1,
+                                           "shared_pool_policy": "on_eviction"}},
+    # long prompts chunked beside decoding members: one step's stores from both, in admission order
+    "shared-chunked-prefix": {"engine": {"block_size": 16, "kv_budget_gib": 0.5,
+                                         "max_num_batched_tokens": 256},
+                              "workload": {"kind": "chat", "users": 48, "turns": 3, "user_tokens": 900,
+                                           "output_tokens": 150,
+                                           "think_time_s": {"kind": "exponential", "mean": 1.0}},
+                              "run": {"num_requests": 300},
+                              "cluster": {"replicas": 3, "router": "prefix_aware", "shared_pool_gib": 0.05,
+                                          "snapshot_interval_s": 0.5}},
 }
 
 
@@ -203,3 +225,10 @@ def test_cluster_fast_matches_reference(name):
         assert e_fast.counters.preemptions == e_ref.counters.preemptions
     if name == "prefix-pressure":
         assert sum(e.counters.preemptions for e in ref.engines) > 0
+    if ref.shared is not None:
+        assert fast.shared is not None and ref.shared.evictions > 0 and ref.shared.hit_blocks > 0
+        assert fast.shared.lru_order() == ref.shared.lru_order()
+        assert (fast.shared.evictions, fast.shared.hit_blocks) == (ref.shared.evictions,
+                                                                   ref.shared.hit_blocks)
+        assert type(fast.engines[0].scheduler).__name__ == "FastScheduler"  # it ran fast, in fewer events
+        assert sum(e.counters.events for e in fast.engines) < sum(e.counters.events for e in ref.engines)
