@@ -164,8 +164,8 @@ def _figure(ctx: Context, df: pd.DataFrame, summary: pd.DataFrame, model: str, x
         ax.legend(fontsize=8, loc="best")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(f"{model}: {head} against {label(x)} by router (x: overloaded, hollow: did not settle)",
-                 fontsize=12)
+    fig.suptitle(f"{model}: {head} against {label(x)} by router\n(x: overloaded, hollow: did not settle)",
+                 fontsize=11)  # two lines: one narrow panel must hold it too
     name = ctx.save(fig, f"{slug(model)}-routers-{metric.removesuffix('_s').replace('_', '-')}")
     return f"<h3>{html.escape(model)}: {html.escape(head)} by router</h3>" + img(name, f"{head} by router")
 
