@@ -176,6 +176,11 @@ CLUSTER_CASES = {
                                "run": {"num_requests": 400},
                                "cluster": {"replicas": 3, "router": "random", "shared_pool_gib": 0.1,
                                            "shared_pool_policy": "on_eviction"}},
+    "shared-until-steady": {"engine": {"block_size": 16, "kv_budget_gib": 0.05, "max_model_len": 1600},
+                            "workload": {"kind": "chat", "users": 48, "turns": 4,
+                                         "think_time_s": {"kind": "exponential", "mean": 2.0}},
+                            "run": {"until": "steady", "steady": {"ci_rel": 0.2}, "num_requests": 20_000},
+                            "cluster": {"replicas": 3, "router": "session_affinity", "shared_pool_gib": 0.1}},
     # long prompts chunked beside decoding members: one step's stores from both, in admission order
     "shared-chunked-prefix": {"engine": {"block_size": 16, "kv_budget_gib": 0.5,
                                          "max_num_batched_tokens": 256},
@@ -208,7 +213,7 @@ def test_cluster_fast_matches_reference(name):
     ref, fast = out["reference"], out["fast"]
     assert len(ref.records) == len(fast.records)
     assert (ref.stop_reason, ref.stop_s) == (fast.stop_reason, fast.stop_s)
-    if name == "affinity-until-steady":
+    if name.endswith("until-steady"):
         assert ref.stop_reason == "steady" and len(ref.records) < 20_000
     else:
         assert len(ref.records) == CLUSTER_CASES[name]["run"]["num_requests"]
