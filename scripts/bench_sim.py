@@ -18,15 +18,19 @@ uncommitted changes, ``HEAD~1`` for the last commit): REV is checked out in a te
 worktree, its compiled module built there, and both trees run the same scenario in alternating
 child processes (the machine is noisy: interleaving spreads its noise over both). It prints the
 medians and the ratio, and checks that both give the same figures unless told they differ.
+With ``--against-routers`` it compares clusters the same way: one replica, the floor and
+``--replicas`` replicas behind each router given.
 
     python scripts/bench_sim.py                 # 20,000 requests, 3 repeats
     python scripts/bench_sim.py --requests 5000 --repeat 1
     python scripts/bench_sim.py --against HEAD~1 --requests 10000 --repeat 5 --only-against
+    python scripts/bench_sim.py --against HEAD~1 --only-against --against-routers prefix_aware
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -84,6 +88,15 @@ def run_interleaved(path: str, requests: int, replicas: int, switch_s: float = 0
     requests no longer fit the CPU's caches together). ``switch_s`` > 0 runs each engine on
     for that much simulated time before the next takes over (``scripts/bench_floor.py``); with
     ``math.inf`` the engines run one after another (the control: about one engine per request)."""
+    try:
+        from simcore.gctune import tuned_gc
+    except ImportError:  # (a tree from before it, under --against)
+        tuned_gc = contextlib.nullcontext  # type: ignore[assignment]
+    with tuned_gc():  # as simulate() runs
+        return _interleaved(path, requests, replicas, switch_s)
+
+
+def _interleaved(path: str, requests: int, replicas: int, switch_s: float) -> dict[str, float]:
     import heapq
 
     from simcore.costmodel import kv_capacity_blocks
@@ -162,12 +175,14 @@ def run_cluster_or_floor(path: str, requests: int, replicas: int, router: str) -
     return run_cluster(path, requests, replicas, router)
 
 
-def run_cluster_child(path: str, requests: int, replicas: int, router: str) -> dict[str, float]:
-    """:func:`run_cluster_or_floor` in a child process."""
+def run_cluster_child(path: str, requests: int, replicas: int, router: str,
+                      tree: Path | None = None) -> dict[str, float]:
+    """:func:`run_cluster_or_floor` in a child process (on the simcore of ``tree`` if given)."""
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_sim; a = sys.argv[2:]; "
             "print(json.dumps(bench_sim.run_cluster_or_floor(a[0], int(a[1]), int(a[2]), a[3])))")
+    env = {**os.environ, TREE_ENV: str(tree)} if tree is not None else None
     out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), path, str(requests),
-                          str(replicas), router], capture_output=True, text=True, check=True)
+                          str(replicas), router], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.splitlines()[-1])
 
 
@@ -201,10 +216,15 @@ def checkout(rev: str) -> Path:
     return tree
 
 
-def against(rev: str, path: str, requests: int, repeat: int, same_figures: bool) -> None:
-    """This tree against REV, alternating child processes; prints medians and the ratio."""
+def against(rev: str, path: str, requests: int, repeat: int, same_figures: bool,
+            cluster: tuple[int, list[str], int] | None = None) -> None:
+    """This tree against REV, alternating child processes; prints medians and the ratio.
+    ``cluster`` (replicas, routers, requests per replica): then also clusters, see
+    :func:`against_cluster`."""
     tree = checkout(rev)
     try:
+        if cluster is not None:
+            against_cluster(rev, tree, path, repeat, *cluster)
         rows: dict[str, list[dict[str, float]]] = {"this tree": [], rev: []}
         for _ in range(repeat):
             rows["this tree"].append(run_child(path, requests, {TREE_ENV: str(ROOT)}))
@@ -219,6 +239,25 @@ def against(rev: str, path: str, requests: int, repeat: int, same_figures: bool)
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
                        capture_output=True)
+
+
+def against_cluster(rev: str, tree: Path, path: str, repeat: int, replicas: int, routers: list[str],
+                    requests: int) -> None:
+    """One replica, the floor (:func:`run_interleaved`) and ``replicas`` replicas behind each
+    of ``routers``, this tree against REV's checkout ``tree``, alternating child processes."""
+    kinds = [("1 replica", 1, "round_robin"), ("floor", replicas, "interleaved"),
+             *((f"{replicas} x {r}", replicas, r) for r in routers)]
+    rows: dict[tuple[str, str], list[float]] = {}
+    for _ in range(repeat):
+        for label, n, router in kinds:
+            for side, where in (("this tree", None), (rev, tree)):
+                us = run_cluster_child(path, requests, n, router, where)["us_per_req"]
+                rows.setdefault((label, side), []).append(us)
+    print(f"clusters, this tree against {rev}: {requests:,} requests per replica, {repeat} alternating "
+          "child runs each; wall microseconds per simulated request")
+    for label, _, _ in kinds:
+        new, old = (statistics.median(rows[(label, side)]) for side in ("this tree", rev))
+        print(f"  {label:<22} this tree {new:6.1f} | {rev} {old:6.1f} | {old / new:.3f}x the speed")
 
 
 def show(label: str, rows: list[dict[str, float]]) -> dict[str, float]:
@@ -249,11 +288,16 @@ def main() -> None:
                     help="requests per replica for the cluster measurement")
     ap.add_argument("--against", metavar="REV", help="first compare with git revision REV (see above)")
     ap.add_argument("--only-against", action="store_true", help="stop after the --against comparison")
+    ap.add_argument("--against-routers", default="",
+                    help="with --against: also compare clusters (--replicas, --cluster-requests) behind "
+                         "these routers, comma separated, with one replica and the floor")
     ap.add_argument("--figures-differ", action="store_true",
                     help="with --against: the change is meant to change the simulated figures")
     args = ap.parse_args()
     if args.against:
-        against(args.against, args.config, args.requests, args.repeat, not args.figures_differ)
+        routers = [r for r in args.against_routers.split(",") if r]
+        cluster = (args.replicas, routers, args.cluster_requests) if routers else None
+        against(args.against, args.config, args.requests, args.repeat, not args.figures_differ, cluster)
         if args.only_against:
             return
     print(f"scenario: {args.config}, {args.requests:,} requests, median of {args.repeat} runs")

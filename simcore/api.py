@@ -16,6 +16,7 @@ from simcore.cluster import Cluster
 from simcore.config import SimConfig
 from simcore.costmodel import cpu_tier_blocks, kv_capacity_blocks, shared_pool_blocks
 from simcore.feasibility import config_refusal, memory_refusal
+from simcore.gctune import tuned_gc
 from simcore.metrics import empty_summary, merge_counters, no_data_reason, summarize
 from simcore.steady import STEADY_STOPS, Setting
 from simcore.workload import Workload
@@ -46,10 +47,11 @@ def simulate(cfg: SimConfig, wall_limit_s: float | None = None) -> RunResult:
         reason = memory_refusal(cfg, num_blocks)
     if reason is not None:
         return RunResult("infeasible", empty_summary(), error=reason)
-    cluster = Cluster(cfg, num_blocks, wall_limit_s)
-    # one replica: the router steps aside and the workload talks to the engine itself
-    Workload(cfg).start(cluster if len(cluster.engines) > 1 else cluster.engines[0])
-    cluster.run()
+    with tuned_gc():
+        cluster = Cluster(cfg, num_blocks, wall_limit_s)
+        # one replica: the router steps aside and the workload talks to the engine itself
+        Workload(cfg).start(cluster if len(cluster.engines) > 1 else cluster.engines[0])
+        cluster.run()
     parts = [e.counters for e in cluster.engines]
     counters = merge_counters(parts)
     counters.events += cluster.events
