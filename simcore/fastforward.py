@@ -78,10 +78,11 @@ class FastScheduler(Scheduler):
         # phase -> that phase's decode members (Member tuples), sorted by admit_seq
         self._phase: list[list[Member]] = [[] for _ in range(self.block_size)]
         self._first_pending: list[Request] = []  # members whose next token is their first
-        # the compiled twin of _block_events, when the pool is the compiled one
-        mod = native.NATIVE
         # a shared pool written through takes every hash a step adds, in the step's order
         self._shared_store = self.kv.shared.store if self.kv.write_through else None  # type: ignore[union-attr]
+        # the compiled twin of _block_events, when the pool is the compiled one (and no shared
+        # pool needs the hashes in order)
+        mod = native.NATIVE
         self._native_events = (
             mod.decode_block_events if mod is not None and isinstance(self.pool, mod.CBlockPool)
             and self._shared_store is None else None
