@@ -23,12 +23,11 @@ part 1.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+import bench_sim
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = (1, 2, 4, 8)
@@ -37,11 +36,7 @@ SWITCHES = (0.0, 1.0, 10.0, 100.0, math.inf)  # simulated seconds; 0: event by e
 
 def child(path: str, requests: int, engines: int, switch_s: float) -> float:
     """``bench_sim.run_interleaved`` in a fresh interpreter: wall microseconds per request."""
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_sim; a = sys.argv[2:]; "
-            "print(json.dumps(bench_sim.run_interleaved(a[0], int(a[1]), int(a[2]), float(a[3]))))")
-    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), path, str(requests),
-                          str(engines), str(switch_s)], capture_output=True, text=True, check=True)
-    return float(json.loads(out.stdout.splitlines()[-1])["us_per_req"])
+    return bench_sim.in_child("run_interleaved", path, requests, engines, switch_s)["us_per_req"]
 
 
 def label(switch_s: float) -> str:

@@ -41,6 +41,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TREE_ENV = "KVSWEEP_BENCH_TREE"  # a child process imports simcore and sweep from this tree
@@ -175,24 +176,27 @@ def run_cluster_or_floor(path: str, requests: int, replicas: int, router: str) -
     return run_cluster(path, requests, replicas, router)
 
 
+def in_child(func: str, *args: Any, env: dict[str, str] | None = None) -> dict[str, float]:
+    """``bench_sim.<func>(*args)`` in a fresh interpreter (extra environment ``env``: e.g.
+    :data:`TREE_ENV` to run another tree's simcore); its result dict. Arguments and result
+    cross as JSON."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_sim; "
+            "print(json.dumps(getattr(bench_sim, sys.argv[2])(*json.loads(sys.argv[3]))))")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), func, json.dumps(args)],
+                         env={**os.environ, **(env or {})}, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
 def run_cluster_child(path: str, requests: int, replicas: int, router: str,
                       tree: Path | None = None) -> dict[str, float]:
     """:func:`run_cluster_or_floor` in a child process (on the simcore of ``tree`` if given)."""
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_sim; a = sys.argv[2:]; "
-            "print(json.dumps(bench_sim.run_cluster_or_floor(a[0], int(a[1]), int(a[2]), a[3])))")
-    env = {**os.environ, TREE_ENV: str(tree)} if tree is not None else None
-    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), path, str(requests),
-                          str(replicas), router], capture_output=True, text=True, check=True, env=env)
-    return json.loads(out.stdout.splitlines()[-1])
+    env = {TREE_ENV: str(tree)} if tree is not None else None
+    return in_child("run_cluster_or_floor", path, requests, replicas, router, env=env)
 
 
 def run_child(path: str, requests: int, env: dict[str, str]) -> dict[str, float]:
     """One fast-mode run in a child process with extra environment ``env``."""
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_sim; "
-            "print(json.dumps(bench_sim.run(sys.argv[2], int(sys.argv[3]), 'fast')))")
-    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), path, str(requests)],
-                         env={**os.environ, **env}, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.splitlines()[-1])
+    return in_child("run", path, requests, "fast", env=env)
 
 
 def run_pure(path: str, requests: int) -> dict[str, float]:
