@@ -2,12 +2,13 @@
 
     python scripts/bench_sweep.py                 # everything (~4 minutes on 2 cores)
     python scripts/bench_sweep.py --skip-scale    # only serial vs Ray
+    python scripts/bench_sweep.py --skip-scale --seeds 2000 --cores 16  # a bigger grid for more cores
 
-1. A 1,000-run grid of short simulations, run by ``kvsweep run`` in this process twice: with the
-   serial executor, then on an embedded Ray with every core. Ray's start-up (``ray.init`` plus
-   the first import of kvsweep in each worker) is timed apart. Parallel efficiency is
-   serial wall / (Ray wall without start-up x cores); per-run overhead is the core time Ray
-   spends beyond the serial run, per run. Target: efficiency >= 0.85.
+1. A 1,000-run grid (10 cells x ``--seeds`` 100) of short simulations, run by ``kvsweep run``
+   in this process twice: with the serial executor, then on an embedded Ray with every core.
+   Ray's start-up (``ray.init`` plus the first import of kvsweep in each worker) is timed apart.
+   Parallel efficiency is serial wall / (Ray wall without start-up x cores); per-run overhead is
+   the core time Ray spends beyond the serial run, per run. Target: efficiency >= 0.85.
 2. A 5,000-run and then a 20,000-run sweep of tiny runs, each driver in a process of its own,
    whose resident memory is read as the rows land (at 5,000 and 20,000 runs). Target: under
    1 GiB and flat.
@@ -36,12 +37,13 @@ base:
   workload: {{kind: chat, turns: 2}}
   run: {{num_requests: {requests}}}
 """
-# ~30 ms per run on this machine: short, yet what a small sweep cell looks like.
-SHORT = "name: bench-short\n" + BASE.format(requests=50) + """\
+def short(seeds: int) -> str:
+    """10 cells x ``seeds`` short runs (50 requests each, a few ms of simulation per run)."""
+    return "name: bench-short\n" + BASE.format(requests=50) + f"""\
 grid:
   workload.users: [2, 4, 8, 16, 32]
   engine.prefix_caching: [off, prefix]
-seeds: 100
+seeds: {seeds}
 """
 
 
@@ -114,11 +116,11 @@ def in_child(spec: Path, out: Path, marks: list[int]) -> dict[str, object]:
     return result
 
 
-def parallel(tmp: Path, cores: int) -> None:
+def parallel(tmp: Path, cores: int, seeds: int) -> None:
     import ray
 
     spec = tmp / "short.yaml"
-    spec.write_text(SHORT)
+    spec.write_text(short(seeds))
     serial_s = timed("run", str(spec), "--out", str(tmp / "serial"), "--executor", "serial", "--no-progress")
     table = ds.dataset(tmp / "serial" / "runs").to_table(columns=["sim_wall_s", "status"])
     runs = table.num_rows
@@ -183,6 +185,8 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="Ray CPUs (default: all)")
+    parser.add_argument("--seeds", type=int, default=100,
+                        help="seeds per cell of the serial-vs-Ray grid (10 cells; default 100: 1,000 runs)")
     parser.add_argument("--skip-scale", action="store_true", help="only serial vs Ray")
     args = parser.parse_args()
     import ray
@@ -192,7 +196,7 @@ def main() -> None:
     print(f"kvsweep {__version__} sweep benchmark: {args.cores} cores, Ray {ray.__version__},"
           f" Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f} at start")
     with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:
-        parallel(Path(tmp), args.cores)
+        parallel(Path(tmp), args.cores, args.seeds)
         if not args.skip_scale:
             scale(Path(tmp))
     print(f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine skews the figures)")
