@@ -1,6 +1,6 @@
 """``kvsweep validate``: how close kvsweep is to real servers and to a published figure.
 
-Prints four tables (see :mod:`sweep.validation` for what each compares and its target), then
+Prints five tables (see :mod:`sweep.validation` for what each compares and its target), then
 every target with its value; exits 0 when all hold and 1 otherwise. ``--json FILE`` also writes
 every point.
 """
@@ -11,14 +11,19 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from simcore import catalog
 from simcore.errors import ConfigError
 from sweep import calibrate, validation
 from sweep.calibrate import Point
 from sweep.validation import Check, Fig9Row
+
+#: the checks that read the shared data folder (``--data``)
+SHARED_CHECKS = ("vllm", "splitwise", "vidur", "fig9")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         default=str(validation.DEFAULT_DATA),
         help="the shared data folder (measured/, traces/, mooncake_fig9.csv)",
+    )
+    parser.add_argument(
+        "--own-data",
+        default=str(validation.OWN_DATA),
+        help="kvsweep's own measurements (the H200 operator files; default: configs/measured)",
     )
     parser.add_argument("--workers", type=int, default=0, help="parallel simulations (default: CPUs)")
     parser.add_argument(
@@ -38,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--skip",
         action="append",
         default=[],
-        choices=["vllm", "splitwise", "vidur", "fig9"],
+        choices=[*SHARED_CHECKS, "h200"],
         help="leave a check out (repeatable)",
     )
     parser.add_argument("--json", help="also write every point and check as JSON")
@@ -109,8 +119,52 @@ def print_vidur(points: list[Point]) -> None:
     print("   TP1: " + "; ".join(shown))
 
 
+def print_h200(points: dict[str, dict[str, list[Point]]]) -> None:
+    default, contrast = catalog.default_profile(validation.H200), validation.H200_CONTRAST
+    print("\n4. H200 operator profile (kvsweep's own measurement, configs/measured): one layer's")
+    print(f"   linear + elementwise ops, measured vs {default} (the H200's profile) and, for contrast,")
+    print(f"   {contrast} (H100-fitted efficiencies on the H200's peaks: its profile before)")
+    print(
+        f"   {'model':<14} {'TP':>3} {'shapes':<20} {default:>11} median / worst"
+        f" {contrast:>11} median / worst {'points':>6}"
+    )
+    for model, by_profile in points.items():
+        for tp, shapes, keep in _h200_rows(by_profile[default], model == validation.H200_FIT_MODEL):
+            line = f"   {model:<14} {tp:>3} {shapes:<20}"
+            for name in (default, contrast):
+                s = calibrate.summary([p for p in by_profile[name] if keep(p)])["layer"]
+                line += f" {s['median_abs']:>17.1%} / {_pct(s['worst']):>6}"
+            print(f"{line} {s['n']:>6}")
+    shown = []
+    for model, by in points.items():
+        pts = by[validation.H200_FIT]
+        if model == validation.H200_FIT_MODEL:
+            pts = [p for p in pts if calibrate.held_out(p.key)]
+        shown.append(f"{model} {calibrate.summary(pts)['layer']['median_abs']:.1%}")
+    print(
+        f"   {validation.H200_FIT} alone (the fit, all its values), held out: median |error| "
+        + ", ".join(shown)
+    )
+
+
+def _h200_rows(points: list[Point], fitted: bool) -> list[tuple[str, str, Callable[[Point], bool]]]:
+    """(TP, shapes, which points) per row of a model's H200 table: each TP, then for the fit's
+    model its training and held-out shapes, then all."""
+    tps = sorted({tp for tp, _ in validation.by_tp(points)})
+    rows: list[tuple[str, str, Callable[[Point], bool]]] = [(str(tp), "all", _at_tp(tp)) for tp in tps]
+    if fitted:
+        rows.append(("all", "h200-ops train", lambda p: not calibrate.held_out(p.key)))
+        rows.append(("all", "h200-ops held out", lambda p: calibrate.held_out(p.key)))
+    rows.append(("all", "all" if fitted else "all (model held out)", lambda p: True))
+    return rows
+
+
+def _at_tp(tp: int) -> Callable[[Point], bool]:
+    return lambda p: p.key.startswith(f"tp{tp}-")
+
+
 def print_fig9(rows: list[Fig9Row]) -> None:
-    print("\n4. Mooncake FAST '25 Figure 9: prefix-cache hit rate vs capacity (LRU replay, 512-token blocks)")
+    print("\n5. Mooncake FAST '25 Figure 9: prefix-cache hit rate vs capacity (LRU replay, 512-token blocks)")
     print(f"   {'trace':<13} {'capacity':>12} {'published':>10} {'kvsweep':>8} {'diff':>8}")
     for r in rows:
         cap = "inf" if r.capacity_tokens == math.inf else f"{r.capacity_tokens:,.0f}"
@@ -130,9 +184,18 @@ def print_checks(checks: list[Check]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    data = Path(args.data)
-    if not (data / "measured").is_dir():
-        raise ConfigError(f"--data {data}: no measured/ folder there (give the shared data folder)")
+    data, own = Path(args.data), Path(args.own_data)
+    if set(SHARED_CHECKS) - set(args.skip) and not (data / "measured").is_dir():
+        raise ConfigError(
+            f"--data {data}: no measured/ folder there (give the shared data folder, or --skip "
+            f"{' --skip '.join(SHARED_CHECKS)} to run only kvsweep's own measurements)"
+        )
+    missing = [f for f in validation.H200_OPS.values() if not (own / f).is_file()]
+    if "h200" not in args.skip and missing:
+        raise ConfigError(
+            f"--own-data {own}: no {missing[0]} there (give the repository's configs/measured, "
+            "or --skip h200)"
+        )
     t0 = time.perf_counter()
     checks: list[Check] = []
     doc: dict[str, Any] = {}
@@ -152,6 +215,11 @@ def main(args: argparse.Namespace) -> int:
         vid = validation.vidur_points(data)
         print_vidur(vid)
         doc["vidur"] = [asdict(p) for p in vid]
+    if "h200" not in args.skip:
+        h200 = validation.h200_points(own)
+        print_h200(h200)
+        checks += validation.h200_checks(h200)
+        doc["h200"] = {m: {n: [asdict(p) for p in pts] for n, pts in by.items()} for m, by in h200.items()}
     if "fig9" not in args.skip:
         rows = validation.fig9_rows(data)
         print_fig9(rows)

@@ -57,3 +57,20 @@ def test_resolved_config_round_trips_and_its_id_covers_the_cost_model() -> None:
     assert again == base and run_id_of(canonical_json(again)) == run_id_of(canonical_json(base))
     changed = cfg(cost={"frontend_latency_s": base.engine.cost.frontend_latency_s + 0.001})
     assert run_id_of(canonical_json(changed)) != run_id_of(canonical_json(base))
+
+
+def test_h200_runs_take_the_h200_profile_built_by_its_rule() -> None:
+    """h200-vllm is h100-vllm with the compute curve of h200-ops (the H200's own kernels,
+    measured), everything else kept (scripts/fit_profiles.py says why)."""
+    table = catalog.profiles()
+    run = cfg(gpu="H200")
+    assert run.engine.cost.profile == "h200-vllm" == catalog.default_profile("H200")
+    rule = table["h200-vllm"]["params"]
+    assert run.engine.cost.model_dump(exclude={"profile"}) == rule
+    vllm, ops = table["h100-vllm"]["params"], table["h200-ops"]["params"]
+    from_ops = {"compute_efficiency", "matmul_half_tokens", "elementwise_efficiency"}
+    assert {k for k in COST_FIELDS if rule[k] != vllm[k]} == from_ops
+    assert {k: rule[k] for k in from_ops} == {k: ops[k] for k in from_ops}
+    assert table["h200-ops"]["gpu"] == "H200" and "h200_llama31_8b_ops.csv" in table["h200-ops"]["source"]
+    assert run.gpu.host_bandwidth == 55e9  # measured (configs/measured/README.md)
+    assert cfg().engine.cost.profile == "h100-vllm" and cfg().gpu.host_bandwidth == 50e9
