@@ -238,20 +238,47 @@ def main() -> None:
     ap.add_argument("--eager", action="store_true", help="unfused PyTorch elementwise ops")
     ap.add_argument("--host-copy", action="store_true", help="also time pinned PCIe copies")
     args = ap.parse_args()
-    if len(args.out) != len(args.model):
-        ap.error("give one --out per --model")
-    import torch
-
+    tps, tokens = checked(ap, args)
+    try:
+        import torch
+    except ImportError:
+        ap.error("PyTorch is not installed: run this on the GPU's machine, with PyTorch for CUDA")
     if not torch.cuda.is_available():
-        sys.exit("profile_ops: no CUDA GPU visible to PyTorch (run it on the GPU you want to calibrate)")
+        ap.error("no CUDA GPU visible to PyTorch: run this on the GPU you want to calibrate")
     prof = Profiler(torch, args.replays, args.eager)
     print(f"{prof.name}: torch {torch.__version__}, L2 {prof.l2_bytes >> 20} MiB", flush=True)
     if args.host_copy:
         host_copies(torch)
-    tps = [int(t) for t in args.tp.split(",")]
-    tokens = [int(t) for t in args.tokens.split(",")]
     for name, out in zip(args.model, args.out, strict=True):
         profile_model(prof, name, tps, tokens, out)
+
+
+def checked(ap: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[int], list[int]]:
+    """The TP degrees and step sizes asked for; a one-line error (exit 2) on bad input."""
+    if len(args.out) != len(args.model):
+        ap.error("give one --out per --model")
+    known = catalog.models()
+    for name in args.model:
+        if name not in known:
+            ap.error(f"--model {name!r}: not in the catalog; use one of {', '.join(known)}")
+    tps, tokens = positive_ints(ap, "--tp", args.tp), positive_ints(ap, "--tokens", args.tokens)
+    for name in args.model:
+        m = known[name]
+        for tp in tps:
+            if m["num_attention_heads"] % tp or m["intermediate_size"] % tp:
+                ap.error(f"--tp {tp}: does not divide {name}'s {m['num_attention_heads']} heads and"
+                         f" {m['intermediate_size']} MLP width; use a power of two up to 8")
+    return tps, tokens
+
+
+def positive_ints(ap: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        ap.error(f"{flag} {text!r}: give positive whole numbers separated by commas, e.g. 1,2,4,8")
+    return values
 
 
 def profile_model(prof: Profiler, name: str, tps: list[int], tokens: list[int], out: Path) -> None:

@@ -73,3 +73,19 @@ def test_measured_h200_files_are_the_operators_format(name, model):
         weights = sum(i * o for i, o in layer.linear_shapes().values())
         floor_s = max(2 * weights / bandwidth, 2 * r.num_tokens * weights / flops)
         assert r.linear_ms > 1e3 * floor_s, (r.num_tensor_parallel_workers, r.num_tokens)
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--model", "Llama-9"], "--model 'Llama-9': not in the catalog"),
+    (["--model", "Llama-3.1-8B", "--tp", "3"], "--tp 3: does not divide Llama-3.1-8B's 32 heads"),
+    (["--model", "Llama-3.1-8B", "--tokens", "1,x"], "--tokens '1,x': give positive whole numbers"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, argv, says):
+    import subprocess
+
+    out = tmp_path / "ops.csv"
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "profile_ops.py"), *argv, "--out", str(out)],
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 2
+    assert says in res.stderr.strip().splitlines()[-1]
+    assert not out.exists()
