@@ -384,8 +384,9 @@ def base_params(base: str | None, gpu: str) -> dict[str, Any]:
     given = {} if base is None else {"profile": base}
     try:
         cfg = SimConfig.model_validate({"model": "Llama-3.1-8B", "gpu": gpu, "engine": {"cost": given}})
-    except ValueError as exc:
-        raise ConfigError(f"--base {base!r} / --gpu {gpu!r}: {exc}") from None
+    except ValidationError as exc:
+        text = format_validation_error(exc, model=SimConfig).removeprefix("invalid config: ")
+        raise ConfigError(f"--base {base!r} / --gpu {gpu!r}: {text}") from None
     return cfg.engine.cost.model_dump()
 
 

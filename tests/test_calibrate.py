@@ -176,6 +176,10 @@ def test_calibrate_command_writes_a_profile_runs_can_use(tmp_path: Path, capsys:
       "--set", "compute_efficiency=3"], "compute_efficiency"),
     (["calibrate", "{steps}", "--gpu", "H100-SXM-80GB", "--out", "x.yaml", "--model", "Llama-2-70B",
       "--where", "colour=red"], "no column 'colour'"),
+    (["calibrate", "{steps}", "--gpu", "H300", "--out", "x.yaml", "--model", "Llama-2-70B"],
+     "--gpu 'H300': gpu = 'H300': unknown gpu 'H300': use one of"),
+    (["calibrate", "{steps}", "--gpu", "H200", "--out", "x.yaml", "--model", "Llama-2-70B", "--base", "h900"],
+     "unknown cost profile 'h900': use one of"),
 ])
 def test_calibrate_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                       argv: list[str], message: str) -> None:
