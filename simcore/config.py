@@ -523,8 +523,8 @@ class ClusterConfig(BaseModel):
         default=None, description="prefix_aware sees cache state refreshed this often; None: exact"
     )
     shared_pool_gib: NonNegativeFloat = Field(
-        default=0.0, description="a KV pool shared by all replicas (Mooncake-style), fed by their"
-        " evictions; 0: none. Runs in reference mode (see simcore/cluster.py)"
+        default=0.0, description="a KV pool shared by all replicas (Mooncake-style; what enters it:"
+        " shared_pool_policy); 0: none"
     )
     shared_pool_policy: Literal["write_through", "on_eviction"] = Field(
         default="write_through", description="what enters the shared pool: every block a replica"

@@ -437,8 +437,7 @@ class Engine:
     def _landed(self, req: Request, _: simpy.Event) -> None:
         heapq.heappop(self._loads_at)  # the earliest: copies land in the order they were queued
         if self.scheduler.plan is not None:
-            self._cut()
-            self._retarget()
+            self._settle()
         self.scheduler.loaded(req)
         if self._wake is not None:
             self._wake.succeed()

@@ -77,9 +77,7 @@ def _combo_name(others: list[str], combo: tuple[Any, ...]) -> str:
 def _panels(df: pd.DataFrame) -> list[tuple[Any, Any]]:
     """(replicas, CPU GiB) of each panel, in order (None where the sweep does not vary it: pass
     the summary, whose columns are the varied axes)."""
-    reps = sort_values(df[REPLICAS].dropna().unique().tolist()) if REPLICAS in df else [None]
-    cpus = sort_values(df[CPU].dropna().unique().tolist()) if CPU in df else [None]
-    return [(r, c) for r in reps for c in cpus]
+    return [(r, c) for r in _values(df, REPLICAS) for c in _values(df, CPU)]
 
 
 def _where(frame: pd.DataFrame, replicas: Any, cpu: Any) -> pd.DataFrame:
