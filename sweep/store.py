@@ -217,18 +217,19 @@ class Dataset:
     def _write_atomic(self, path: str, write: Callable[[str], None]) -> None:
         """``write(tmp_path)`` then rename to ``path``: readers see the whole file or none.
 
-        Raises :class:`OutputError` (the temporary deleted) when either step fails."""
+        Raises :class:`OutputError` when either step fails; whatever stops it (a Ctrl-C in the
+        middle of a write too) deletes the temporary first."""
         folder, name = path.rsplit("/", 1)
         tmp = f"{folder}/.{name}.{secrets.token_hex(4)}.tmp"
         try:
             with _writing(path):
                 write(tmp)
                 self.fs.move(tmp, path)
-        except OutputError:
+        except BaseException:
             try:
                 self.fs.delete_file(tmp)
             except (OSError, pa.ArrowException):
-                pass  # never created, or the disk is gone too: prepare() removes it next time
+                pass  # never created, moved already, or the disk is gone: prepare() removes it next time
             raise
 
     def _write_text(self, path: str, text: str) -> None:

@@ -226,6 +226,22 @@ def test_temporary_files_are_invisible_and_cleaned_up(spec: Path, tmp_path: Path
     assert not junk.exists()
 
 
+def test_an_interrupted_write_leaves_no_temporary(tmp_path: Path) -> None:
+    """A Ctrl-C that lands while a part is being written (the sweep then stops) deletes the
+    half-written temporary, as a failed write does."""
+    dataset = Dataset(str(tmp_path / "d"))
+    dataset.prepare("s", "name: s\n", runs_schema({}), "0")
+    runs = tmp_path / "d" / "runs"
+
+    def half_then_interrupt(tmp: str) -> None:
+        Path(tmp).write_bytes(b"PAR1 half a file")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        dataset._write_atomic(f"{dataset.runs_dir}/part-00000-0123abcd.parquet", half_then_interrupt)
+    assert list(runs.iterdir()) == []
+
+
 def test_out_may_be_a_pyarrow_fs_uri(spec: Path, tmp_path: Path) -> None:
     out = tmp_path / "by-uri"
     assert run(spec, f"file://{out}") == 0
