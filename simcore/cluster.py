@@ -69,6 +69,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Generator, Sequence
+from functools import partial
 from typing import Any
 
 import simpy
@@ -79,7 +80,7 @@ from simcore.engine import STEADY_CHECK_GROWTH, STEADY_FIRST_CHECK, STEADY_MIN_S
 from simcore.hashing import TokenSeq
 from simcore.metrics import RequestRecord
 from simcore.request import Request
-from simcore.router import RouteRequest, make_router
+from simcore.router import Router, RouteRequest, make_router
 from simcore.steady import SteadyMonitor
 from simcore.tiers import LruTier
 
@@ -143,7 +144,7 @@ class Cluster:
         self.engines = [
             Engine(cfg, num_blocks, wall_limit_s, env=self.env, records=self.records, replica=i,
                    horizon=self._horizon_for(i) if self._lazy else None,
-                   note=self._note if self._lazy else None,
+                   note=partial(heapq.heappush, self._pending) if self._lazy else None,  # (_note, in C)
                    on_finished=self._finished if steady else None, decides_stop=alone, shared=self.shared)
             for i in range(n)
         ]
@@ -160,6 +161,9 @@ class Cluster:
             c.router, seed=cfg.run.seed, load_metric=c.load_metric, prefix_weight=c.prefix_weight,
             load_weight=c.load_weight, cpu_hit_weight=c.cpu_hit_weight,
         )
+        # a router that may have fixed a conversation's replica answers without a RouteRequest
+        fixes = self.router is not None and type(self.router).pinned is not Router.pinned
+        self._pinned = self.router.pinned if fixes else None  # type: ignore[union-attr]
         self.views: Sequence[Any] = self.engines
         cache_router = self.router is not None and self.router.uses_cache
         self._snapshot_s = c.snapshot_interval_s if cache_router else None
@@ -179,9 +183,10 @@ class Cluster:
                     e.report_finished()
                 self._check_steady(now)
             if self._stop_reason is None:
-                reached = limit_reached(len(self.records), self._max_requests, now, self._stop_at)
-                if reached is None:
+                if len(self.records) < self._max_requests and now < self._stop_at:  # (limit_reached)
                     return True
+                reached = limit_reached(len(self.records), self._max_requests, now, self._stop_at)
+                assert reached is not None
                 self._stop_reason, self._stopped_at = reached
         return False
 
@@ -223,10 +228,14 @@ class Cluster:
                     v.refresh()
                 self._snapshotting = True
                 self.env.process(self._snapshots(self._snapshot_s))
-            hashes: Sequence[int] = ()
-            if self.router.uses_cache:  # only a cache-aware router reads the prompt's blocks
-                hashes = seq.ensure_hashes(prompt)[: prompt // self.block_size]
-            i = self.router.route(RouteRequest(session_id, hashes, prompt), self.views)
+            home = self._pinned(session_id) if self._pinned is not None else None
+            if home is not None:  # (session affinity, a conversation it has placed)
+                i = home
+            else:
+                hashes: Sequence[int] = ()
+                if self.router.uses_cache:  # only a cache-aware router reads the prompt's blocks
+                    hashes = seq.ensure_hashes(prompt)[: prompt // self.block_size]
+                i = self.router.route(RouteRequest(session_id, hashes, prompt), self.views)
         return self.engines[i].submit(seq, prompt, output, then_wait_s=then_wait_s, session_id=session_id,
                                       turn=turn, profile=profile)
 

@@ -145,9 +145,12 @@ class Engine:
         self._outstanding_requests = 0
         self._outstanding_tokens = 0
         # the client waits of outstanding requests (request id -> wait), for the cluster's
-        # lookahead, and a min-heap of (wait, id) over them with stale entries popped lazily
+        # lookahead, a min-heap of (wait, id) over them with stale entries popped lazily, and
+        # their least (exact unless _min_stale: a request with the least wait finished since)
         self._wait_of: dict[int, float] = {}
         self._waits: list[tuple[float, int]] = []
+        self._min_wait = math.inf
+        self._min_stale = False
         self.next_start = 0.0  # when the loop runs next (inf while idle)
         self.lookahead = math.inf  # see _next
         self._was_cut = False
@@ -245,18 +248,22 @@ class Engine:
             req.record.finish_s = now
             req.done.succeed(False)
             return req.done
-        cut = self._behind(now)
+        cut = self.scheduler.plan is not None or (self._defer and self.next_start < now)  # (_behind)
         if cut:
             self._cut()
         self._outstanding_requests += 1
         self._outstanding_tokens += prompt
         if self._note is not None:
-            self._wait_of[req.rid] = req.then_wait_s
-            heapq.heappush(self._waits, (req.then_wait_s, req.rid))
+            wait = req.then_wait_s
+            self._wait_of[req.rid] = wait
+            heapq.heappush(self._waits, (wait, req.rid))
+            if wait < self._min_wait:
+                self._min_wait = wait
             # it completes after the loop's next step, no sooner than its wait after that (an
             # idle loop, next_start inf, runs again now, woken by this request)
             start = self.next_start if self.next_start < math.inf else now
-            self.lookahead = min(self.lookahead, start + req.then_wait_s)
+            if start + wait < self.lookahead:
+                self.lookahead = start + wait
         self.scheduler.add(req)
         if cut or self._defer:
             self._retarget()
@@ -372,17 +379,28 @@ class Engine:
     def _finished(self, now: float, finished: list[Request]) -> None:
         """Schedule the completion events of requests the last advance finished."""
         note = self._note
-        for req in finished:
-            delay = req.completion_delay(now)
-            req.done.fire_after(delay, True)
-            if note is not None:
-                note(now + delay)
-            self._outstanding_tokens -= req.prompt_len
-        self._outstanding_requests -= len(finished)
-        if note is not None:
-            wait_of = self._wait_of
+        tokens = 0
+        if note is None:
             for req in finished:
+                req.done.fire_after(req.completion_delay(now), True)
+                tokens += req.prompt_len
+        else:  # a replica: the cluster learns when each completion fires; the waits leave
+            wait_of = self._wait_of
+            least = self._min_wait
+            for req in finished:
+                delay = req.completion_delay(now)
+                req.done.fire_after(delay, True)
+                note(now + delay)
+                tokens += req.prompt_len
                 del wait_of[req.rid]
+                if req.then_wait_s == least:  # the least wait may have left: recompute it when asked
+                    self._min_stale = True
+            waits = self._waits
+            if len(waits) > 2 * len(wait_of) + 64:  # mostly finished requests: rebuild (bounded memory)
+                waits[:] = [(w, rid) for rid, w in wait_of.items()]
+                heapq.heapify(waits)
+        self._outstanding_tokens -= tokens
+        self._outstanding_requests -= len(finished)
         if self._on_finished is not None:
             self._on_finished(finished)
         self._completed += len(finished)
@@ -490,7 +508,8 @@ class Engine:
         this engine earlier runs it then, as for a deferred window). It wakes sooner than it
         waits now only through a new event (what SimPy's interrupt does inside, without raising
         an exception in the loop); a later time keeps the wake it has, which is then early."""
-        wake = self.lookahead if self._defer and self.lookahead < math.inf else self._resume_at
+        ahead = self.lookahead
+        wake = ahead if self._defer and ahead < math.inf else self._resume_at
         if wake >= self._wake_at:
             return
         now = self.env.now
@@ -552,13 +571,13 @@ class Engine:
         self.next_start = start
         if self._loads_at and self._loads_at[0] < start:  # a landing copy may wake the loop then
             start = self._loads_at[0]
-        waits, wait_of = self._waits, self._wait_of
-        if len(waits) > 2 * len(wait_of) + 64:  # mostly finished requests: rebuild (bounded memory)
-            waits[:] = [(w, rid) for rid, w in wait_of.items()]
-            heapq.heapify(waits)
-        while waits and waits[0][1] not in wait_of:
-            heapq.heappop(waits)
-        self.lookahead = start + waits[0][0] if waits else math.inf
+        if self._min_stale:
+            waits, wait_of = self._waits, self._wait_of
+            while waits and waits[0][1] not in wait_of:
+                heapq.heappop(waits)
+            self._min_wait = waits[0][0] if waits else math.inf
+            self._min_stale = False
+        self.lookahead = start + self._min_wait
 
     # ---- a router's questions (read-only) ------------------------------------------------------
     def cached_prefix_tokens(self, hashes: Sequence[int], cpu_weight: float = 1.0) -> float:
