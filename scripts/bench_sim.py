@@ -176,15 +176,16 @@ def run_cluster_or_floor(path: str, requests: int, replicas: int, router: str) -
     return run_cluster(path, requests, replicas, router)
 
 
-def in_child(func: str, *args: Any, env: dict[str, str] | None = None) -> dict[str, float]:
-    """``bench_sim.<func>(*args)`` in a fresh interpreter (extra environment ``env``: e.g.
-    :data:`TREE_ENV` to run another tree's simcore); its result dict. Arguments and result
-    cross as JSON."""
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_sim; "
-            "print(json.dumps(getattr(bench_sim, sys.argv[2])(*json.loads(sys.argv[3]))))")
-    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), func, json.dumps(args)],
-                         env={**os.environ, **(env or {})}, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+def in_child(func: str, *args: Any, env: dict[str, str] | None = None, module: str = "bench_sim") -> Any:
+    """``<module>.<func>(*args)`` (a script of this folder) in a fresh interpreter (extra
+    environment ``env``: e.g. :data:`TREE_ENV` to run another tree's simcore); its result.
+    Arguments and result cross as JSON."""
+    code = ("import importlib, json, sys; sys.path.insert(0, sys.argv[1]); "
+            "mod = importlib.import_module(sys.argv[2]); "
+            "print(json.dumps(getattr(mod, sys.argv[3])(*json.loads(sys.argv[4]))))")
+    argv = [sys.executable, "-c", code, str(Path(__file__).parent), module, func, json.dumps(args)]
+    out = subprocess.run(argv, env={**os.environ, **(env or {})}, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 def run_cluster_child(path: str, requests: int, replicas: int, router: str,

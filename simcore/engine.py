@@ -535,32 +535,29 @@ class Engine:
         finishers once that step has started. A window deferred past its end is run instead
         (the paths after it may finish more)."""
         sched = self.scheduler
+        plan = sched.plan
         now = self.env.now
-        if sched.plan is None:
-            if self._behind(now):  # a deferred next step
+        if plan is None:
+            if self._defer and self.next_start < now:  # a deferred next step (_behind)
                 self._settle()
             return ()
+        if now <= plan[0]:  # no step of the window has started
+            return ()
         assert isinstance(sched, FastScheduler)  # only it plans windows
-        if now > sched.plan[2]:
+        if now > plan[2]:
             self._settle()
             return ()
         return sched.plan_finishers() if now > sched.plan_last_start() else ()
 
     @property
     def outstanding_requests(self) -> int:
-        plan = self.scheduler.plan
-        if plan is not None and self.env.now <= plan[0]:  # (no step of a window has started)
-            return self._outstanding_requests
-        unrun = len(self._finished_unrun())  # (first: it may run the window)
-        return self._outstanding_requests - unrun
+        unrun = self._finished_unrun()  # (first: it may run the window)
+        return self._outstanding_requests - len(unrun)
 
     @property
     def outstanding_tokens(self) -> int:
-        plan = self.scheduler.plan
-        if plan is not None and self.env.now <= plan[0]:
-            return self._outstanding_tokens
-        unrun = sum(req.prompt_len for req in self._finished_unrun())  # (first: it may run the window)
-        return self._outstanding_tokens - unrun
+        unrun = self._finished_unrun()  # (first: it may run the window)
+        return self._outstanding_tokens - sum(req.prompt_len for req in unrun)
 
     def _next(self, start: float) -> None:
         """The loop runs next at ``start``; update :attr:`lookahead`: the earliest time a request
@@ -593,7 +590,7 @@ class Engine:
         plan = sched.plan
         now = self.env.now
         if plan is None:
-            if self._behind(now):  # a deferred next step
+            if self._defer and self.next_start < now:  # a deferred next step (_behind)
                 self._settle()
         elif now > plan[0]:
             assert isinstance(sched, FastScheduler)  # only it plans windows

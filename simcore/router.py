@@ -195,12 +195,14 @@ class PrefixAware(Router):
         """Each replica's score (see the module notes); the router takes the highest."""
         loads = loads_of(replicas, self.load_metric)
         top = max(loads)
-        per_token = self.prefix_weight / req.prompt_tokens if req.prompt_tokens > 0 else 0.0
+        tokens = req.prompt_tokens
+        per_token = self.prefix_weight / tokens if tokens > 0 else 0.0
+        hashes, cpu_weight, load_weight = req.hashes, self.cpu_hit_weight, self.load_weight
         out = []
         for view, load in zip(replicas, loads, strict=True):
-            cached = view.cached_prefix_tokens(req.hashes, self.cpu_hit_weight) if per_token else 0
+            cached = view.cached_prefix_tokens(hashes, cpu_weight) if per_token else 0
             free = (top - load) / top if top > 0 else 1.0
-            out.append(per_token * cached + self.load_weight * free)
+            out.append(per_token * cached + load_weight * free)
         return out
 
     def route(self, req: RouteRequest, replicas: Sequence[ReplicaView]) -> int:
