@@ -34,6 +34,8 @@ from typing import Any
 
 import bench_sim
 
+from simcore.router import ROUTERS
+
 ROOT = Path(__file__).resolve().parents[1]
 TRACED = ("simcore", "simpy")  # path parts of the files whose functions are counted
 REPLICAS = 4
@@ -109,6 +111,12 @@ def main() -> None:
     ap.add_argument("--against", metavar="REV", help="also count on git revision REV")
     args = ap.parse_args()
     routers = [r for r in args.routers.split(",") if r]
+    unknown = [r for r in routers if r not in ROUTERS]
+    if unknown or args.requests < 1:
+        what = f"--routers {','.join(unknown)}: use {', '.join(ROUTERS)}" if unknown else \
+            f"--requests {args.requests}: must be >= 1"
+        print(f"bench_ops: error: {what}", file=sys.stderr)
+        raise SystemExit(2)
     kinds = ["one", "floor", *routers]
     tree = bench_sim.checkout(args.against) if args.against else None
     try:

@@ -299,6 +299,12 @@ def main() -> None:
     ap.add_argument("--figures-differ", action="store_true",
                     help="with --against: the change is meant to change the simulated figures")
     args = ap.parse_args()
+    from simcore.router import ROUTERS
+    named = [r for text in (args.cluster_routers, args.against_routers) for r in text.split(",") if r]
+    unknown = sorted({r for r in named if r not in ROUTERS})
+    if unknown:
+        print(f"bench_sim: error: router {', '.join(unknown)}: use {', '.join(ROUTERS)}", file=sys.stderr)
+        raise SystemExit(2)
     if args.against:
         routers = [r for r in args.against_routers.split(",") if r]
         cluster = (args.replicas, routers, args.cluster_requests) if routers else None
