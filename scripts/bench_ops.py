@@ -13,7 +13,7 @@ together: no router, no cluster code) and 4 replicas behind each router, and pri
 
 With ``--against REV`` every figure is also counted on git revision REV (checked out and built
 as ``bench_sim.py --against`` does) and printed beside, with the change. The counts are exact,
-so one run of each is enough; tracing makes a run about 10x slower, hence the short runs.
+so one run of each is enough; tracing makes a run about 40x slower, hence the short runs.
 Figures the counts miss (cache misses, C time) still need ``bench_sim.py``'s wall clock.
 
     python scripts/bench_ops.py                                    # about 2 minutes on 2 cores
@@ -32,7 +32,7 @@ from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any
 
-import bench_sim
+import bench_sim  # (first: it puts the tree under test, --against's too, first on sys.path)
 
 from simcore.router import ROUTERS
 
