@@ -32,9 +32,7 @@ from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any
 
-import bench_sim  # (first: it puts the tree under test, --against's too, first on sys.path)
-
-from simcore.router import ROUTERS
+import bench_sim
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACED = ("simcore", "simpy")  # path parts of the files whose functions are counted
@@ -110,13 +108,11 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=12, help="functions listed per router")
     ap.add_argument("--against", metavar="REV", help="also count on git revision REV")
     args = ap.parse_args()
-    routers = [r for r in args.routers.split(",") if r]
-    unknown = [r for r in routers if r not in ROUTERS]
-    if unknown or args.requests < 1:
-        what = f"--routers {','.join(unknown)}: use {', '.join(ROUTERS)}" if unknown else \
-            f"--requests {args.requests}: must be >= 1"
-        print(f"bench_ops: error: {what}", file=sys.stderr)
+    bench_sim.refuse_unknown_routers("bench_ops", [args.routers])
+    if args.requests < 1:
+        print(f"bench_ops: error: --requests {args.requests}: must be >= 1", file=sys.stderr)
         raise SystemExit(2)
+    routers = [r for r in args.routers.split(",") if r]
     kinds = ["one", "floor", *routers]
     tree = bench_sim.checkout(args.against) if args.against else None
     try:

@@ -176,6 +176,17 @@ def run_cluster_or_floor(path: str, requests: int, replicas: int, router: str) -
     return run_cluster(path, requests, replicas, router)
 
 
+def refuse_unknown_routers(prog: str, lists: list[str]) -> None:
+    """Exit with code 2 and one line if a comma-separated list names something that is not a
+    router (checked before any child process runs)."""
+    from simcore.router import ROUTERS
+
+    unknown = sorted({r for text in lists for r in text.split(",") if r and r not in ROUTERS})
+    if unknown:
+        print(f"{prog}: error: router {', '.join(unknown)}: use {', '.join(ROUTERS)}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def in_child(func: str, *args: Any, env: dict[str, str] | None = None, module: str = "bench_sim") -> Any:
     """``<module>.<func>(*args)`` (a script of this folder) in a fresh interpreter (extra
     environment ``env``: e.g. :data:`TREE_ENV` to run another tree's simcore); its result.
@@ -299,12 +310,7 @@ def main() -> None:
     ap.add_argument("--figures-differ", action="store_true",
                     help="with --against: the change is meant to change the simulated figures")
     args = ap.parse_args()
-    from simcore.router import ROUTERS
-    named = [r for text in (args.cluster_routers, args.against_routers) for r in text.split(",") if r]
-    unknown = sorted({r for r in named if r not in ROUTERS})
-    if unknown:
-        print(f"bench_sim: error: router {', '.join(unknown)}: use {', '.join(ROUTERS)}", file=sys.stderr)
-        raise SystemExit(2)
+    refuse_unknown_routers("bench_sim", [args.cluster_routers, args.against_routers])
     if args.against:
         routers = [r for r in args.against_routers.split(",") if r]
         cluster = (args.replicas, routers, args.cluster_requests) if routers else None

@@ -183,10 +183,9 @@ class Cluster:
                     e.report_finished()
                 self._check_steady(now)
             if self._stop_reason is None:
-                if len(self.records) < self._max_requests and now < self._stop_at:  # (limit_reached)
-                    return True
                 reached = limit_reached(len(self.records), self._max_requests, now, self._stop_at)
-                assert reached is not None
+                if reached is None:
+                    return True
                 self._stop_reason, self._stopped_at = reached
         return False
 

@@ -248,7 +248,7 @@ class Engine:
             req.record.finish_s = now
             req.done.succeed(False)
             return req.done
-        cut = self.scheduler.plan is not None or (self._defer and self.next_start < now)  # (_behind)
+        cut = self._behind(now)
         if cut:
             self._cut()
         self._outstanding_requests += 1
@@ -380,21 +380,18 @@ class Engine:
         """Schedule the completion events of requests the last advance finished."""
         note = self._note
         tokens = 0
-        if note is None:
-            for req in finished:
-                req.done.fire_after(req.completion_delay(now), True)
-                tokens += req.prompt_len
-        else:  # a replica: the cluster learns when each completion fires; the waits leave
-            wait_of = self._wait_of
-            least = self._min_wait
-            for req in finished:
-                delay = req.completion_delay(now)
-                req.done.fire_after(delay, True)
+        wait_of = self._wait_of
+        least = self._min_wait
+        for req in finished:
+            delay = req.completion_delay(now)
+            req.done.fire_after(delay, True)
+            tokens += req.prompt_len
+            if note is not None:  # a replica: the cluster learns when it fires; its wait leaves
                 note(now + delay)
-                tokens += req.prompt_len
                 del wait_of[req.rid]
                 if req.then_wait_s == least:  # the least wait may have left: recompute it when asked
                     self._min_stale = True
+        if note is not None:
             waits = self._waits
             if len(waits) > 2 * len(wait_of) + 64:  # mostly finished requests: rebuild (bounded memory)
                 waits[:] = [(w, rid) for rid, w in wait_of.items()]
@@ -538,7 +535,7 @@ class Engine:
         plan = sched.plan
         now = self.env.now
         if plan is None:
-            if self._defer and self.next_start < now:  # a deferred next step (_behind)
+            if self._behind(now):  # a deferred next step
                 self._settle()
             return ()
         if now <= plan[0]:  # no step of the window has started
@@ -590,7 +587,7 @@ class Engine:
         plan = sched.plan
         now = self.env.now
         if plan is None:
-            if self._defer and self.next_start < now:  # a deferred next step (_behind)
+            if self._behind(now):  # a deferred next step
                 self._settle()
         elif now > plan[0]:
             assert isinstance(sched, FastScheduler)  # only it plans windows

@@ -165,10 +165,9 @@ class SessionAffinity(Router):
         return self._home.get(session) if session >= 0 else None
 
     def route(self, req: RouteRequest, replicas: Sequence[ReplicaView]) -> int:
-        if req.session >= 0:
-            home = self._home.get(req.session)
-            if home is not None:
-                return home
+        home = self.pinned(req.session)
+        if home is not None:
+            return home
         i = least_loaded(replicas, self.load_metric)
         if req.session >= 0:
             self._home[req.session] = i
