@@ -63,6 +63,7 @@ STEADY_CHECK_GROWTH = 1.1  # ... then each time the completions grow by this fac
 STEADY_MIN_STEP = 100  # ... and by at least this many
 
 
+ROUNDING_S = 1e-9  # a completion this much in the past is due now (see Completion.fire_after)
 LATE = EventPriority(2)  # after SimPy's NORMAL (1): an engine's own events run after all others due then
 
 
@@ -100,7 +101,12 @@ class Completion(simpy.Event):
 
     def fire_after(self, delay: float, value: Any) -> None:
         if delay < 0:  # SimPy's queue does not check: a past time would break event order
-            raise ValueError(f"completion scheduled {delay:g} s in the past")
+            if delay < -ROUNDING_S:
+                raise ValueError(f"completion scheduled {delay:g} s in the past")
+            # the clock passed the completion's time by a rounding error: SimPy's time after
+            # a wait of t - now is now + (t - now), which need not be t (a replica's loop that
+            # wakes at its lookahead, end + wait, then finds a request due at exactly end + wait)
+            delay = 0.0
         self._ok = True
         self._value = value
         self.env.schedule(self, delay=delay)
@@ -314,8 +320,7 @@ class Engine:
             end, finished = sched.advance(start, horizon)
             if shared:  # what the step evicted enters the shared pool now
                 self.kv.drain()
-            if finished:
-                self._finished(now, finished)
+            due = self._finished(now, finished) if finished else False
             if sched.loads:
                 self._start_loads(now)
             if end == start:  # no step: what could run waits for CPU tier copies; a landing wakes us
@@ -324,7 +329,7 @@ class Engine:
                 continue
             if sched.plan is None:
                 if end < now:  # a deferred start's chain stopped short (CHAIN paths): go on
-                    start = end
+                    start = (yield from self._let_due_run(end)) if due else end
                     continue
                 self.counters.events += 1
                 if clustered:
@@ -340,29 +345,19 @@ class Engine:
             end = sched.plan[2]
             self._next(end)
             wake = self.lookahead if defer and self.lookahead < math.inf else end
+            assert wake >= now, "a deferred window's completions would fire in the past"
             self._was_cut = False
-            while True:
-                assert wake >= now, "a deferred window's completions would fire in the past"
-                self._wake_at = wake
-                yield Late(env, wake - now)
-                self._wake_at = -math.inf
-                now = env.now
-                if not self._was_cut or self._resume_at <= now:
-                    break
-                # a cut kept this wake, which came before the step it left next: wait on
-                wake = self.lookahead if defer and self.lookahead < math.inf else self._resume_at
+            yield from self._sleep_until(wake)
+            now = env.now
             if self._was_cut:
                 start = self._resume_at  # (earlier than now when deferred, see _retarget)
                 continue
             start = now
             assert isinstance(sched, FastScheduler)  # only it plans windows
             end, finished = sched.run_plan(math.inf)
-            if finished:
-                self._finished(start, finished)
-                if end == start and any(req.then_wait_s == 0 for req in finished):
-                    # a completion due now (no client wait) runs before the next schedule
-                    self.counters.events += 1
-                    yield Late(env, 0.0)
+            if finished and self._finished(start, finished):
+                start = yield from self._let_due_run(end)
+                continue
             start = end
 
     def _idle(self) -> Generator[Any, Any, None]:
@@ -376,14 +371,18 @@ class Engine:
         self.counters.events += 1
         yield Late(self.env, 0.0)
 
-    def _finished(self, now: float, finished: list[Request]) -> None:
-        """Schedule the completion events of requests the last advance finished."""
+    def _finished(self, now: float, finished: list[Request]) -> bool:
+        """Schedule the completion events of requests the last advance finished; whether one
+        of them is due now (see :meth:`_let_due_run`)."""
         note = self._note
         tokens = 0
         wait_of = self._wait_of
         least = self._min_wait
+        due = False
         for req in finished:
             delay = req.completion_delay(now)
+            if delay <= 0:
+                due = True
             req.done.fire_after(delay, True)
             tokens += req.prompt_len
             if note is not None:  # a replica: the cluster learns when it fires; its wait leaves
@@ -403,6 +402,36 @@ class Engine:
         self._completed += len(finished)
         if self._completed >= self._next_check:
             self._check_steady(finished)
+        return due
+
+    def _let_due_run(self, start: float) -> Generator[Any, Any, float]:
+        """A completion is due now (no client wait, or a replica's loop that woke at its
+        lookahead, which is exactly when a finished request's client acts): let it, and what
+        its client does, run before the next schedule, which starts at ``start``, or where a
+        cut meanwhile left it. (A replica's horizon counts workload events due by now as run,
+        so without this its next paths would run on past an arrival due now.)"""
+        if self._note is not None:
+            self._next(start)  # (a cut meanwhile runs the steps from start up to now)
+        self._was_cut = False
+        self.counters.events += 1
+        yield from self._sleep_until(self.env.now)
+        return self._resume_at if self._was_cut else start
+
+    def _sleep_until(self, wake: float) -> Generator[Any, Any, None]:
+        """Wait until ``wake`` (when the loop's next work is due), and on while a cut made
+        meanwhile left the loop's next step later than that: a cut keeps the wake the loop has
+        unless it must come sooner (:meth:`_retarget`); a deferred replica then waits for its
+        lookahead, else for that step."""
+        env = self.env
+        now = env.now
+        while True:
+            self._wake_at = wake
+            yield Late(env, wake - now)
+            self._wake_at = -math.inf
+            now = env.now
+            if not self._was_cut or self._resume_at <= now:
+                return
+            wake = self.lookahead if self._defer and self.lookahead < math.inf else self._resume_at
 
     def _check_steady(self, finished: list[Request]) -> None:
         """``until: steady``: check the run at each ``_next_check``-th completion, in completion

@@ -92,6 +92,15 @@ class FastScheduler(Scheduler):
         self.horizon_fn: Callable[[], float] | None = None  # a replica's outside horizon (see advance)
 
     # ---- group membership --------------------------------------------------------------
+    def _decodes(self, req: Request) -> bool:
+        """Whether a running request joins the decode group: exactly one known token without
+        KV, and no block held past its computed tokens (what a member's block events assume).
+        A request whose CPU or shared hits landed holds its whole prompt's blocks from the start
+        (``KVCacheManager._admit_tiered``): its last prompt token runs as a one-token chunk, as
+        in the reference, and it joins once that token is computed."""
+        bs = self.block_size  # (its blocks cover its computed tokens: one more is a spare)
+        return req.num_tokens - req.num_computed == 1 and len(req.blocks) * bs < req.num_computed + bs
+
     def _join(self, req: Request) -> None:
         req.d0, req.c0, req.g0 = self.D, req.num_computed, req.num_generated
         req.epoch += 1
@@ -390,7 +399,7 @@ class FastScheduler(Scheduler):
             self.prefill.pop(req.admit_seq, None)
             if self._complete_chunk(req, n, end):
                 finished.append(req)
-            elif req.num_tokens - req.num_computed == 1:
+            elif self._decodes(req):
                 self._join(req)
             else:
                 self.prefill[req.admit_seq] = req
@@ -408,7 +417,7 @@ class FastScheduler(Scheduler):
         end, finished = self._explicit_step(now)
         self.D += 1
         for seq, req in self.running.items():
-            if req.num_tokens - req.num_computed == 1:
+            if self._decodes(req):
                 self._join(req)
             else:
                 self.prefill[seq] = req

@@ -30,6 +30,15 @@ CASES = {
                     "workload": {"kind": "chat", "users": 30, "turns": 4,
                                  "think_time_s": {"kind": "exponential", "mean": 2.0}},
                     "run": {"num_requests": 300, "warmup_s": 0}},
+    # a request whose CPU hits landed holds its whole prompt's blocks: when chunking leaves it
+    # one prompt token that starts a block, that token needs no new block (found by
+    # scripts/fuzz_fast_vs_reference.py: the decode group allocated one)
+    "cpu-offload-chunked": {"engine": {"block_size": 8, "kv_budget_gib": 0.05, "max_model_len": 1600,
+                                       "cpu_offload_gib": 0.1, "max_num_batched_tokens": 64,
+                                       "max_num_seqs": 64},
+                            "workload": {"kind": "chat", "users": 12, "turns": 4,
+                                         "think_time_s": {"kind": "exponential", "mean": 1.0}},
+                            "run": {"num_requests": 200, "warmup_s": 0}},
     # until: steady stops the arrivals at a check: both modes must take it at the same completion
     "until-steady": {"engine": {"block_size": 16},
                      "workload": {"kind": "chat", "users": 24, "turns": 3, "think_time_s": 0.5},
@@ -163,6 +172,44 @@ CLUSTER_CASES = {
     "least-think0": {"engine": {"block_size": 8, "max_num_seqs": 8},
                      "workload": {"kind": "chat", "users": 24, "turns": 2},
                      "run": {"num_requests": 200}, "cluster": {"replicas": 2, "router": "least_loaded"}},
+    # a replica's loop wakes at its lookahead (a window's end + the least client wait) and SimPy's
+    # clock lands an ulp past that sum: a completion due exactly then is due now, not an error
+    # (found by scripts/fuzz_fast_vs_reference.py, seed 195)
+    "rounding-wake": {"model": "Llama-3.2-1B", "gpu": "H100-SXM-80GB",
+                      "engine": {"tensor_parallel": 2, "block_size": 4, "max_num_seqs": 64,
+                                 "max_num_batched_tokens": 256, "max_model_len": 1600, "kv_budget_gib": 0.3,
+                                 "cost": {"frontend_latency_s": 0.004, "first_token_lag_steps": 0}},
+                      "workload": {"kind": "chat", "users": 24, "system_prompts": 1,
+                                   "system_prompt_tokens": 0,
+                                   "user_tokens": {"kind": "lognormal", "mean": 399, "sigma": 0.8},
+                                   "output_tokens": {"kind": "lognormal", "mean": 211, "sigma": 0.8,
+                                                     "max": 600}},
+                      "run": {"num_requests": 108, "seed": 195},
+                      "cluster": {"replicas": 3, "router": "round_robin"}},
+    # no think time: a replica deferred to its lookahead wakes exactly when a finished request's
+    # client acts; the completion due then must run (its client's request is read and routed)
+    # before the replica's next steps, not after steps it ran past it (found by
+    # scripts/fuzz_fast_vs_reference.py, seed 371: a load read counted a later step's finisher)
+    "due-at-wake": {"engine": {"block_size": 16, "max_num_seqs": 4, "max_num_batched_tokens": 256},
+                    "workload": {"kind": "chat", "users": 20, "system_prompt_tokens": 100,
+                                 "user_tokens": {"kind": "lognormal", "mean": 363, "sigma": 0.8},
+                                 "output_tokens": {"kind": "lognormal", "mean": 248, "sigma": 0.8,
+                                                   "max": 600}},
+                    "run": {"num_requests": 1118, "seed": 371},
+                    "cluster": {"replicas": 2, "router": "session_affinity", "load_metric": "tokens"}},
+    # ... and with a client wait that every request shares: the completion due at the wake sends
+    # its client's next request to the same replica, whose cut leaves its next step after now
+    # (the loop must wait for it, not run it at once; scripts/fuzz_fast_vs_reference.py, seed 553)
+    "due-then-cut": {"model": "Llama-3.1-8B", "gpu": "A100-40GB",
+                     "engine": {"block_size": 16, "max_num_seqs": 16, "max_num_batched_tokens": 2048,
+                                "cost": {"frontend_latency_s": 0.004, "first_token_lag_steps": 0}},
+                     "workload": {"kind": "chat", "users": 15, "system_prompts": 2, "system_prompt_tokens": 0,
+                                  "turns": {"kind": "geometric", "mean": 4}, "think_time_s": 0.2,
+                                  "user_tokens": {"kind": "lognormal", "mean": 176, "sigma": 0.8},
+                                  "output_tokens": {"kind": "lognormal", "mean": 71, "sigma": 0.8,
+                                                    "max": 600}},
+                     "run": {"num_requests": 200, "seed": 553},
+                     "cluster": {"replicas": 3, "router": "random"}},
     # a shared pool (eager replicas): every replica's stores and lookups in the reference's order
     "shared-write-through": {"engine": {"block_size": 16, "kv_budget_gib": 0.05, "max_model_len": 1600},
                              "workload": {"kind": "chat", "users": 48, "turns": 4,
