@@ -5,11 +5,12 @@ cases (``tests/test_fast_vs_reference.py``). This draws many more: random cluste
 replicas, every router, load metric, snapshots), KV tiers (CPU offload, a shared pool under
 both policies), engine limits (block size, max_num_seqs, token budget, memory pressure, tensor
 parallelism, caching mode, front-end latency) and workloads (closed and open loops, mixes,
-think times from none to long, ``until: steady`` and ``duration_s``), runs each in both modes and
-compares them request for request (replica, cached tokens, preemptions, status and the four
-times) and replica for replica (the free queue block for block, evictions, steps, preemptions,
-the shared pool's LRU order). A configuration that cannot be built (a cache too small for its
-longest request, say) is drawn again.
+think times from none to long, ``until: steady`` and ``duration_s``), each one simulate() would
+run (not refuse as infeasible). It runs each in both modes and compares them request for
+request (replica, status, cached tokens per tier, preemptions, prefill and recomputed tokens,
+the four times) and replica for replica (the free queue block for block, evictions, steps,
+preemptions, peak blocks, tier loads, busy time and the other integrals, the shared pool's LRU
+order). A crash in either mode counts as a mismatch.
 
     python scripts/fuzz_fast_vs_reference.py --cases 200           # seeds 0..199, a few minutes
     python scripts/fuzz_fast_vs_reference.py --cases 1 --first 37 --show   # replay one case
@@ -41,6 +42,11 @@ from simcore.workload import Workload  # noqa: E402
 
 ROUTERS = ("round_robin", "random", "least_loaded", "session_affinity", "prefix_aware")
 TIMES = ("arrival_s", "admitted_s", "first_token_s", "finish_s")
+FIELDS = ("replica", "status", "cached_tokens", "cpu_cached_tokens", "shared_cached_tokens", "preemptions",
+          "prefill_computed_tokens", "recomputed_tokens")  # a request's, exactly
+# a replica's, exactly
+COUNTS = ("steps", "preemptions", "peak_used_blocks", "cpu_loaded_blocks", "shared_loaded_blocks")
+INTEGRALS = ("busy_s", "batch_seq_s", "used_block_s")  # a replica's, up to rounding
 
 
 def _lognormal(rng: random.Random, low: float, high: float, cap: int | None = None) -> dict[str, Any]:
@@ -167,8 +173,7 @@ def differences(ref: Cluster, fast: Cluster) -> list[str]:
     if ref.stop_reason != fast.stop_reason or abs(ref.stop_s - fast.stop_s) > 1e-6:  # (rounding apart)
         out.append(f"stop {ref.stop_reason, ref.stop_s} vs {fast.stop_reason, fast.stop_s}")
     for a, b in zip(ref.records, fast.records, strict=False):  # (their counts are compared above)
-        if (a.replica, a.cached_tokens, a.preemptions, a.status) != (
-                b.replica, b.cached_tokens, b.preemptions, b.status):
+        if [getattr(a, k) for k in FIELDS] != [getattr(b, k) for k in FIELDS]:
             out.append(f"request {a.request_id}: {a} vs {b}")
         elif any(abs(getattr(a, k) - getattr(b, k)) > 1e-6 for k in TIMES):
             out.append(f"request {a.request_id} times: {a} vs {b}")
@@ -177,10 +182,14 @@ def differences(ref: Cluster, fast: Cluster) -> list[str]:
     for i, (e, f) in enumerate(zip(ref.engines, fast.engines, strict=True)):
         if f.pool.free_queue() != e.pool.free_queue():
             out.append(f"replica {i}: free queues differ")
-        got = (f.pool.evictions, f.counters.steps, f.counters.preemptions)
-        want = (e.pool.evictions, e.counters.steps, e.counters.preemptions)
+        got = [f.pool.evictions] + [getattr(f.counters, k) for k in COUNTS]
+        want = [e.pool.evictions] + [getattr(e.counters, k) for k in COUNTS]
         if got != want:
-            out.append(f"replica {i}: evictions, steps, preemptions {want} vs {got}")
+            out.append(f"replica {i}: evictions, {', '.join(COUNTS)} {want} vs {got}")
+        for k in INTEGRALS:
+            x, y = getattr(e.counters, k), getattr(f.counters, k)
+            if abs(x - y) > 1e-9 * max(1.0, abs(x)):
+                out.append(f"replica {i}: {k} {x} vs {y}")
     shared = ref.shared, fast.shared
     if shared[0] is not None and shared[1] is not None and shared[0].lru_order() != shared[1].lru_order():
         out.append("shared pool LRU order differs")
