@@ -41,6 +41,8 @@ from simcore.feasibility import config_refusal, memory_refusal  # noqa: E402
 from simcore.workload import Workload  # noqa: E402
 
 ROUTERS = ("round_robin", "random", "least_loaded", "session_affinity", "prefix_aware")
+_TRACE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
+TRACES = sorted(_TRACE_DIR.glob("*_trace.jsonl")) + sorted(_TRACE_DIR.glob("*conv*.csv"))  # (none: not drawn)
 TIMES = ("arrival_s", "admitted_s", "first_token_s", "finish_s")
 FIELDS = ("replica", "status", "cached_tokens", "cpu_cached_tokens", "shared_cached_tokens", "preemptions",
           "prefill_computed_tokens", "recomputed_tokens")  # a request's, exactly
@@ -72,7 +74,17 @@ def _profile(rng: random.Random) -> dict[str, Any]:
 
 
 def _workload(rng: random.Random, replicas: int) -> dict[str, Any]:
-    kind = rng.choices(["chat", "mix", "poisson", "api"], weights=[6, 2, 1, 1])[0]
+    kinds = ["chat", "mix", "poisson", "api", "trace", "shared_prefix"]
+    kind = rng.choices(kinds, weights=[12, 4, 2, 2, 2, 1])[0]
+    if kind == "trace" and TRACES:  # a real trace's first requests (Mooncake's, or Azure's)
+        return {"kind": "trace", "path": str(rng.choice(TRACES)), "limit": rng.randint(80, 300),
+                "time_scale": rng.choice([0.5, 1.0, 3.0]) / replicas}
+    if kind == "shared_prefix":
+        stages = [{"rate": rng.uniform(2, 20) * replicas, "duration_s": rng.uniform(2, 10)}
+                  for _ in range(rng.randint(1, 2))]
+        return {"kind": "shared_prefix", "groups": rng.randint(1, 8), "prompts_per_group": rng.randint(1, 8),
+                "system_prompt_tokens": rng.choice([0, 100, 600]), "question_tokens": rng.randint(20, 500),
+                "output_tokens": rng.randint(5, 300), "stages": stages}
     if kind == "chat":
         return {"kind": "chat", "users": rng.randint(2, 40) * replicas, **_profile(rng)}
     if kind == "mix":
@@ -135,6 +147,12 @@ def draw(seed: int) -> SimConfig:
                "gpu": rng.choice(["A100-40GB", "H100-SXM-80GB"]), "engine": _engine(rng),
                "workload": _workload(rng, cluster["replicas"]), "cluster": cluster,
                "run": {**_run(rng), "seed": seed}}
+        if raw["workload"]["kind"] == "trace":  # prompts of thousands of tokens: room for a few
+            raw["engine"].pop("max_model_len", None)
+            if "kv_budget_gib" in raw["engine"]:
+                raw["engine"]["kv_budget_gib"] = rng.choice([1.0, 3.0])
+        if raw["workload"]["kind"] in ("trace", "shared_prefix") and raw["run"].get("until") == "steady":
+            raw["run"] = {"seed": seed}  # (they end by themselves)
         try:
             cfg = SimConfig.model_validate(raw)
         except (ValidationError, ConfigError, ValueError):
