@@ -143,10 +143,12 @@ def draw(seed: int) -> SimConfig:
     rng = random.Random(seed)
     while True:
         cluster = _cluster(rng)
-        raw = {"model": rng.choice(["Llama-3.2-1B", "Llama-3.1-8B"]),
-               "gpu": rng.choice(["A100-40GB", "H100-SXM-80GB"]), "engine": _engine(rng),
-               "workload": _workload(rng, cluster["replicas"]), "cluster": cluster,
-               "run": {**_run(rng), "seed": seed}}
+        raw: dict[str, Any] = {
+            "model": rng.choice(["Llama-3.2-1B", "Llama-3.1-8B"]),
+            "gpu": rng.choice(["A100-40GB", "H100-SXM-80GB"]), "engine": _engine(rng),
+            "workload": _workload(rng, cluster["replicas"]), "cluster": cluster,
+            "run": {**_run(rng), "seed": seed},
+        }
         if raw["workload"]["kind"] == "trace":  # prompts of thousands of tokens: room for a few
             raw["engine"].pop("max_model_len", None)
             if "kv_budget_gib" in raw["engine"]:
