@@ -49,6 +49,7 @@ FIELDS = ("replica", "status", "cached_tokens", "cpu_cached_tokens", "shared_cac
 # a replica's, exactly
 COUNTS = ("steps", "preemptions", "peak_used_blocks", "cpu_loaded_blocks", "shared_loaded_blocks")
 INTEGRALS = ("busy_s", "batch_seq_s", "used_block_s")  # a replica's, up to rounding
+FRONTEND_S = 0.004  # a drawn front-end latency (else the cost profile's)
 
 
 def _lognormal(rng: random.Random, low: float, high: float, cap: int | None = None) -> dict[str, Any]:
@@ -113,7 +114,7 @@ def _engine(rng: random.Random) -> dict[str, Any]:
     if rng.random() < 0.3:
         engine["cpu_offload_gib"] = rng.choice([0.01, 0.05, 0.2])
     if rng.random() < 0.3:
-        engine["cost"] = {"frontend_latency_s": 0.004, "first_token_lag_steps": rng.choice([0, 2])}
+        engine["cost"] = {"frontend_latency_s": FRONTEND_S, "first_token_lag_steps": rng.choice([0, 2])}
     return engine
 
 
@@ -171,7 +172,7 @@ def shown(cfg: SimConfig) -> dict[str, Any]:
     out = cfg.model_dump(mode="json", exclude_defaults=True)
     out["model"], out["gpu"] = cfg.model.name, cfg.gpu.name
     cost = out.get("engine", {}).pop("cost", {})
-    if cfg.engine.cost.frontend_latency_s == 0.004:
+    if cfg.engine.cost.frontend_latency_s == FRONTEND_S:
         out["engine"]["cost"] = {k: v for k, v in cost.items()
                                  if k in ("frontend_latency_s", "first_token_lag_steps")}
     return out
