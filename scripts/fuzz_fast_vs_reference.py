@@ -10,7 +10,10 @@ run (not refuse as infeasible). It runs each in both modes and compares them req
 request (replica, status, cached tokens per tier, preemptions, prefill and recomputed tokens,
 the four times) and replica for replica (the free queue block for block, evictions, steps,
 preemptions, peak blocks, tier loads, busy time and the other integrals, the shared pool's LRU
-order). A crash in either mode counts as a mismatch.
+order). A crash in either mode counts as a mismatch, and so does a run, in either mode, that
+breaks a rule every run keeps (every request served once, its times in order, its cache figures
+within its prompt, every block freed at the end, each pool's and tier's bookkeeping consistent):
+those checks reach the reference mode too.
 
     python scripts/fuzz_fast_vs_reference.py --cases 200           # seeds 0..199, a few minutes
     python scripts/fuzz_fast_vs_reference.py --cases 1 --first 37 --show   # replay one case
@@ -217,6 +220,39 @@ def differences(ref: Cluster, fast: Cluster) -> list[str]:
     return out
 
 
+def broken_invariants(cluster: Cluster) -> list[str]:
+    """What a finished run (either mode) breaks of the rules every run keeps: every request
+    served once (completed, or failed with a reason), its times in order and its cache figures
+    within its prompt; every block back in the free queue, each pool's and tier's bookkeeping
+    consistent. (These check the reference mode as well, which the comparison cannot.)"""
+    out: list[str] = []
+    for r in cluster.records:
+        if r.status == "failed" and r.error:
+            continue
+        times = (r.arrival_s, r.admitted_s, r.first_token_s, r.finish_s)
+        tiers = r.cpu_cached_tokens + r.shared_cached_tokens
+        if (r.status != "completed" or list(times) != sorted(times) or not 0 <= tiers <= r.cached_tokens
+                or r.cached_tokens >= r.prompt_tokens and r.prompt_tokens > 0
+                or r.prefill_computed_tokens != r.prompt_tokens - r.cached_tokens):
+            out.append(f"request {r.request_id} breaks a rule: {r}")
+            break
+    for i, e in enumerate(cluster.engines):
+        if e.pool.num_used():
+            out.append(f"replica {i}: {e.pool.num_used()} blocks still in use at the end")
+        for tier in (e.pool, e.cpu):
+            try:
+                if tier is not None:
+                    tier.check_invariants()
+            except RuntimeError as exc:
+                out.append(f"replica {i}: {exc}")
+    if cluster.shared is not None:
+        try:
+            cluster.shared.check_invariants()
+        except RuntimeError as exc:
+            out.append(f"shared pool: {exc}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=100, help="random configurations to compare")
@@ -233,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(shown(cfg)))
         try:
             ref = simulate_cluster(cfg, "reference")
-            diff = differences(ref, simulate_cluster(cfg, "fast"))
+            fast = simulate_cluster(cfg, "fast")
+            diff = differences(ref, fast) + [f"reference: {x}" for x in broken_invariants(ref)]
+            diff += [f"fast: {x}" for x in broken_invariants(fast)]
             requests += len(ref.records)
         except Exception as exc:  # a crash in either mode is a finding too
             diff = [f"{type(exc).__name__}: {exc}"]

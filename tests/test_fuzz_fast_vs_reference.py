@@ -40,6 +40,14 @@ def test_the_comparison_sees_a_different_run():
     assert fuzz.differences(a, fuzz.simulate_cluster(cfg, "reference")) == []
 
 
+def test_the_invariants_hold_on_a_run_and_catch_a_broken_one():
+    cluster = fuzz.simulate_cluster(fuzz.draw(3), "reference")
+    assert fuzz.broken_invariants(cluster) == []
+    rec = cluster.records[5]
+    rec.finish_s = rec.arrival_s - 1.0  # finished before it arrived
+    assert any("request 5 breaks a rule" in x for x in fuzz.broken_invariants(cluster))
+
+
 def test_bad_arguments_are_refused(capsys):
     assert fuzz.main(["--cases", "0"]) == 2
     assert "--cases must be >= 1" in capsys.readouterr().err
