@@ -162,13 +162,16 @@ class BlockPool:
         ``hint``: block ids this chain held when it was last released (the previous turn's).
         While no hash has a second holder, a hint block that still holds the chain's hash at its
         position is exactly what the dict would return, so the leading run of such blocks is
-        taken by comparing hashes; dict lookups resume where the hint stops matching.
+        taken by comparing hashes; dict lookups resume where the hint stops matching. The hint may
+        come from another pool (a conversation a router moved to another replica): its ids are
+        only compared by what they hold here, and one this pool never allocated holds nothing.
         """
         hi = min(max_blocks, len(hashes))
         m = 0
         if hint and not self._dup_blocks:
             n = min(len(hint), hi)
-            held = [self.block_hash[b] for b in hint[:n]]
+            bh = self.block_hash
+            held = [bh[b] if b < len(bh) else None for b in hint[:n]]
             m = n if held == list(hashes[:n]) else next(j for j in range(n) if held[j] != hashes[j])
         out = list(hint[:m]) if hint and m else []
         get = self._hash_to_block.get

@@ -134,6 +134,19 @@ def test_longest_hit_stops_at_first_miss_and_respects_cap(Pool):
     assert pool.longest_hit([99, 11], 2) == []
 
 
+def test_a_hint_from_another_pool_is_only_compared_by_what_its_ids_hold_here(Pool):
+    """A conversation a router moved carries the block ids of its last replica's pool as its
+    hint (found by scripts/fuzz_fast_vs_reference.py: the pure pool indexed past its ids)."""
+    pool = Pool(10)
+    blocks = pool.allocate(3)
+    for b, h in zip(blocks, [10, 11, 12], strict=True):
+        pool.cache_block(b, h)
+    chain = [10, 11, 12]
+    for hint in ([500, 501, 502], [1, 2, 900], [2, 1, 3], [1, 2, 3]):  # ids it never allocated, ...
+        assert list(pool.hit_run(chain, 3, hint)) == pool.longest_hit(chain, 3) == [1, 2, 3]
+    assert list(pool.hit_run([10, 99], 2, [1, 700])) == [1]
+
+
 def test_duplicate_hash_keeps_first_block_findable_until_evicted(Pool):
     pool = Pool(4)
     a, b = pool.allocate_one(), pool.allocate_one()
