@@ -3,6 +3,8 @@ and the fuzzer's comparison does see a difference when there is one."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +13,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import fuzz_fast_vs_reference as fuzz  # noqa: E402
 
+from simcore import native  # noqa: E402
 from simcore.feasibility import config_refusal  # noqa: E402
 
 
@@ -18,6 +21,17 @@ def test_random_configurations_run_the_same_in_both_modes(capsys):
     assert fuzz.main(["--cases", "24", "--first", "1000"]) == 0
     out = capsys.readouterr().out
     assert "MISMATCH" not in out and "24 random configurations" in out
+
+
+def test_random_configurations_run_the_same_on_the_pure_python_twins():
+    """Where the compiled module is not built, fast mode runs on the pure-Python twins: the same
+    comparison there (seeds 30000-30011 crashed it before the fix to a foreign hint)."""
+    env = {**os.environ, native.PURE_ENV: "1"}
+    script = ROOT / "scripts" / "fuzz_fast_vs_reference.py"
+    res = subprocess.run([sys.executable, str(script), "--cases", "12", "--first", "30000"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "12 random configurations" in res.stdout and "0 mismatched" in res.stdout
 
 
 def test_draws_are_deterministic_varied_and_runnable():
