@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from simcore import native  # noqa: E402
 from simcore.cluster import Cluster  # noqa: E402
 from simcore.config import SimConfig  # noqa: E402
 from simcore.costmodel import kv_capacity_blocks  # noqa: E402
@@ -280,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             c = cfg.cluster
             what = f"{c.replicas} x {c.router}, {cfg.workload.kind}"
             print(f"case {seed}: MISMATCH ({what}): " + "; ".join(diff))
+    paths = "the pure-Python twins" if native.NATIVE is None else "the compiled paths"
     print(f"{args.cases} random configurations (seeds {args.first}..{args.first + args.cases - 1}), "
-          f"{requests:,} requests: {bad} mismatched, {time.perf_counter() - t0:.0f} s")
+          f"{requests:,} requests, fast mode on {paths}: {bad} mismatched, {time.perf_counter() - t0:.0f} s")
     return 1 if bad else 0
 
 

@@ -21,6 +21,7 @@ def test_random_configurations_run_the_same_in_both_modes(capsys):
     assert fuzz.main(["--cases", "24", "--first", "1000"]) == 0
     out = capsys.readouterr().out
     assert "MISMATCH" not in out and "24 random configurations" in out
+    assert ("the pure-Python twins" if native.NATIVE is None else "the compiled paths") in out
 
 
 def test_random_configurations_run_the_same_on_the_pure_python_twins():
@@ -32,6 +33,7 @@ def test_random_configurations_run_the_same_on_the_pure_python_twins():
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "12 random configurations" in res.stdout and "0 mismatched" in res.stdout
+    assert "fast mode on the pure-Python twins" in res.stdout
 
 
 def test_draws_are_deterministic_varied_and_runnable():
