@@ -37,12 +37,12 @@ from pydantic import ValidationError
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from simcore import native  # noqa: E402
+from simcore.api import run_cluster  # noqa: E402
 from simcore.cluster import Cluster  # noqa: E402
 from simcore.config import SimConfig  # noqa: E402
 from simcore.costmodel import kv_capacity_blocks  # noqa: E402
 from simcore.errors import ConfigError  # noqa: E402
 from simcore.feasibility import config_refusal, memory_refusal  # noqa: E402
-from simcore.workload import Workload  # noqa: E402
 
 ROUTERS = ("round_robin", "random", "least_loaded", "session_affinity", "prefix_aware")
 _TRACE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
@@ -184,10 +184,7 @@ def shown(cfg: SimConfig) -> dict[str, Any]:
 
 def simulate_cluster(cfg: SimConfig, mode: str) -> Cluster:
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"mode": mode})})
-    cluster = Cluster(cfg, kv_capacity_blocks(cfg)[0])
-    Workload(cfg).start(cluster if len(cluster.engines) > 1 else cluster.engines[0])  # as simulate()
-    cluster.run()
-    return cluster
+    return run_cluster(cfg, kv_capacity_blocks(cfg)[0])
 
 
 def differences(ref: Cluster, fast: Cluster) -> list[str]:

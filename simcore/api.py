@@ -36,6 +36,16 @@ class RunResult:
     requests: list[dict[str, Any]] | None = field(default=None, repr=False)
 
 
+def run_cluster(cfg: SimConfig, num_blocks: int, wall_limit_s: float | None = None) -> Cluster:
+    """The simulation itself, as :func:`simulate` runs it: the cluster (one replica: a single
+    engine) of ``num_blocks`` KV blocks per replica under the workload, run to its end."""
+    cluster = Cluster(cfg, num_blocks, wall_limit_s)
+    # one replica: the router steps aside and the workload talks to the engine itself
+    Workload(cfg).start(cluster if len(cluster.engines) > 1 else cluster.engines[0])
+    cluster.run()
+    return cluster
+
+
 def simulate(cfg: SimConfig, wall_limit_s: float | None = None) -> RunResult:
     """Run one simulation. ``wall_limit_s`` bounds its wall-clock time: past it the run raises
     :class:`simcore.engine.SimulationTimeout` (checked every few hundred engine iterations)."""
@@ -48,10 +58,7 @@ def simulate(cfg: SimConfig, wall_limit_s: float | None = None) -> RunResult:
     if reason is not None:
         return RunResult("infeasible", empty_summary(), error=reason)
     with tuned_gc():
-        cluster = Cluster(cfg, num_blocks, wall_limit_s)
-        # one replica: the router steps aside and the workload talks to the engine itself
-        Workload(cfg).start(cluster if len(cluster.engines) > 1 else cluster.engines[0])
-        cluster.run()
+        cluster = run_cluster(cfg, num_blocks, wall_limit_s)
     parts = [e.counters for e in cluster.engines]
     counters = merge_counters(parts)
     counters.events += cluster.events

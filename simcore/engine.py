@@ -431,7 +431,7 @@ class Engine:
             now = env.now
             if not self._was_cut or self._resume_at <= now:
                 return
-            wake = self.lookahead if self._defer and self.lookahead < math.inf else self._resume_at
+            wake = self._wake_after_cut()
 
     def _check_steady(self, finished: list[Request]) -> None:
         """``until: steady``: check the run at each ``_next_check``-th completion, in completion
@@ -534,8 +534,7 @@ class Engine:
         this engine earlier runs it then, as for a deferred window). It wakes sooner than it
         waits now only through a new event (what SimPy's interrupt does inside, without raising
         an exception in the loop); a later time keeps the wake it has, which is then early."""
-        ahead = self.lookahead
-        wake = ahead if self._defer and ahead < math.inf else self._resume_at
+        wake = self._wake_after_cut()
         if wake >= self._wake_at:
             return
         now = self.env.now
@@ -546,6 +545,12 @@ class Engine:
         proc._target = late
         self._wake_at = wake
         self.counters.events += 1
+
+    def _wake_after_cut(self) -> float:
+        """When the loop runs after a cut: at the step the cut left next, or, deferred, as late
+        as the lookahead (see :meth:`_retarget`)."""
+        ahead = self.lookahead
+        return ahead if self._defer and ahead < math.inf else self._resume_at
 
     def report_finished(self) -> None:
         """Report every request that finished before now: run a deferred window that ended
